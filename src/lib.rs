@@ -5,3 +5,4 @@
 //! (`contract`, `url_policy`, `notifier`), so it stays small and free of any Kubernetes client.
 
 pub mod contract;
+pub mod url_policy;
