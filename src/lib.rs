@@ -4,5 +4,15 @@
 //! `backup-notifier` (runs inside every backup Job pod). The notifier links only what it uses
 //! (`contract`, `url_policy`, `notifier`), so it stays small and free of any Kubernetes client.
 
+pub mod admin;
+pub mod admission;
+pub mod certs;
 pub mod contract;
+pub mod crd;
+pub mod https;
+pub mod logging;
+pub mod metrics;
+pub mod schedule;
+pub mod serve;
+pub mod tls;
 pub mod url_policy;

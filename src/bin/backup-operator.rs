@@ -1,1 +1,112 @@
-fn main() {}
+//! `backup-operator`: admission webhooks and controller for VolumeBackup and S3Backup.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use backup_operator::{certs, crd, logging, serve};
+
+/// Trustworthy webhook notifications for VolumeBackup and S3Backup.
+///
+/// One binary, three jobs: a validating webhook that rejects bad webhook URLs at admission time,
+/// a mutating webhook that injects the notifier into backup CronJobs, and a controller that turns
+/// each VolumeBackup and S3Backup into a restic backup CronJob.
+#[derive(Parser)]
+#[command(name = "backup-operator", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: logging::LogArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the admission webhooks (HTTPS) and the admin port, and run the controller.
+    Serve(Box<serve::ServeArgs>),
+    /// Print both CustomResourceDefinitions as YAML (manifests/crds/ is this output).
+    Crds,
+    /// Certificates for development and tests.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a new CA (ca.crt, ca.key) and a serving certificate signed by it (tls.crt, tls.key)
+    /// into a directory. For development: in a cluster the operator manages its own certificates.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Directory to write ca.crt, ca.key, tls.crt and tls.key into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out_dir: std::path::PathBuf,
+    /// DNS name for the serving certificate. Repeatable.
+    #[arg(long = "dns", value_name = "NAME")]
+    dns_names: Vec<String>,
+    /// IP address for the serving certificate. Repeatable.
+    #[arg(long = "ip", value_name = "IP")]
+    ips: Vec<std::net::IpAddr>,
+    /// Adds the in-cluster names of this Service (svc, svc.ns, svc.ns.svc, ….cluster.local).
+    #[arg(long, value_name = "NAME", requires = "namespace")]
+    service: Option<String>,
+    /// Namespace of --service.
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Validity of both certificates.
+    #[arg(long, default_value = "8760h", value_parser = serve::parse_duration)]
+    valid_for: std::time::Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.log);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backup-operator: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Crds => {
+            print!("{}", crd::crds_yaml()?);
+            Ok(())
+        }
+        Command::Cert(CertCommand::Generate(a)) => {
+            let mut dns = a.dns_names;
+            if let (Some(svc), Some(ns)) = (&a.service, &a.namespace) {
+                dns.extend(certs::service_dns_names(svc, ns));
+            }
+            if dns.is_empty() && a.ips.is_empty() {
+                anyhow::bail!(
+                    "give at least one --dns, --ip or --service for the serving certificate"
+                );
+            }
+            let ca = certs::generate_ca("backup-operator-ca", a.valid_for)?;
+            let serving = certs::issue_serving(&ca, &dns, &a.ips, a.valid_for)?;
+            certs::write_dir(&a.out_dir, &ca, &serving)?;
+            eprintln!(
+                "wrote ca.crt, ca.key, tls.crt, tls.key to {} (names: {}; IPs: {})",
+                a.out_dir.display(),
+                dns.join(", "),
+                a.ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve::run(*args)),
+    }
+}

@@ -1,0 +1,130 @@
+//! Certificates for the admission server: a CA and a serving certificate signed by it. Used by
+//! `backup-operator cert generate` (development), `tools/dev`, the tests, and the self-managed
+//! certificate mode.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone, Debug)]
+pub struct PemPair {
+    pub cert: String,
+    pub key: String,
+}
+
+fn validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // Tolerate clock skew between this host and the apiserver.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + valid_for;
+}
+
+/// A new self-signed CA.
+pub fn generate_ca(common_name: &str, valid_for: Duration) -> Result<PemPair> {
+    let key = KeyPair::generate().context("generating the CA key")?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, valid_for);
+    let cert = params.self_signed(&key).context("self-signing the CA")?;
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// A serving certificate for `dns_names` and `ips`, signed by `ca`.
+pub fn issue_serving(
+    ca: &PemPair,
+    dns_names: &[String],
+    ips: &[IpAddr],
+    valid_for: Duration,
+) -> Result<PemPair> {
+    let ca_key = KeyPair::from_pem(&ca.key).context("reading the CA key")?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert, ca_key).context("reading the CA certificate")?;
+    let key = KeyPair::generate().context("generating the serving key")?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        dns_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("backup-operator"),
+    );
+    params.distinguished_name = dn;
+    for name in dns_names {
+        params.subject_alt_names.push(SanType::DnsName(
+            name.clone()
+                .try_into()
+                .with_context(|| format!("{name:?} is not a valid DNS name"))?,
+        ));
+    }
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, valid_for);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("signing the serving certificate")?;
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// The DNS names a Service's clients use: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`.
+pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        service.to_owned(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// Writes `ca.crt`, `ca.key`, `tls.crt`, `tls.key` into `dir` (keys mode 0600).
+pub fn write_dir(dir: &Path, ca: &PemPair, serving: &PemPair) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, body, mode) in [
+        ("ca.crt", &ca.cert, 0o644),
+        ("ca.key", &ca.key, 0o600),
+        ("tls.crt", &serving.cert, 0o644),
+        ("tls.key", &serving.key, 0o600),
+    ] {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, body.as_bytes()))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

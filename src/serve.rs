@@ -1,0 +1,167 @@
+//! `backup-operator serve`: the admission server on every replica, the admin port, certificate
+//! reloading, signal handling, and (unless `--no-controller`) the controller.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::sync::watch;
+
+use crate::admin::{self, Health};
+use crate::admission::{self, AdmissionState};
+use crate::metrics::Metrics;
+use crate::url_policy::{PolicyArgs, UrlPolicy};
+use crate::{https, tls};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// HTTPS address of POST /validate and POST /mutate.
+    #[arg(long, env = "BACKUP_OPERATOR_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address of GET /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "BACKUP_OPERATOR_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_listen: SocketAddr,
+    /// PEM certificate chain served on --listen. Reloaded when it changes.
+    #[arg(long, env = "BACKUP_OPERATOR_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of --tls-cert. Reloaded when it changes.
+    #[arg(long, env = "BACKUP_OPERATOR_TLS_KEY", value_name = "PATH")]
+    pub tls_key: PathBuf,
+    /// How often the certificate files are re-read in addition to file events (mounted Secrets
+    /// change through a symlink swap that file events can miss).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Serve admission only: no controller, no connection to the cluster needed.
+    #[arg(long)]
+    pub no_controller: bool,
+    /// Largest admission request body accepted (bigger ones get 413).
+    #[arg(long, default_value_t = admission::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish. A second signal exits at once.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Go-style durations (`10s`, `1m30s`), as in every Kubernetes flag.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: kube::core::Duration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 10s or 1m30s: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} must not be negative"));
+    }
+    Ok(d.into())
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let cert = tls::load(&args.tls_cert, &args.tls_key)?;
+    let metrics = Metrics::default();
+    metrics.tls_not_after.set(cert.not_after);
+    tracing::info!(not_after = %tls::format_unix(cert.not_after), "loaded the serving certificate");
+    let store = tls::CertStore::new(cert);
+
+    if !args.no_controller {
+        let client = connect().await?;
+        // The controller lands here (issue 6); for now the connection check keeps the promise
+        // that without a reachable cluster `serve` fails with one clear line.
+        drop(client);
+    }
+
+    let https_listener = https::bind(args.listen).await?;
+    let https_addr = https_listener
+        .local_addr()
+        .context("reading the HTTPS listener address")?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", args.admin_listen))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("reading the admin listener address")?;
+
+    let policy = UrlPolicy::from(args.policy.clone());
+    let state = Arc::new(AdmissionState {
+        policy,
+        metrics: metrics.clone(),
+        max_request_bytes: args.max_request_bytes,
+    });
+    let health = Arc::new(Health::new(https_addr, metrics.clone())?);
+
+    tokio::spawn(tls::watch(
+        store.clone(),
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.tls_reload_interval,
+        metrics.clone(),
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(signals(stop_tx, health.clone()));
+
+    let admin_router = admin::router(health.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin_router).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+
+    tracing::info!(https = %https_addr, admin = %admin_addr, "serving admission (POST /validate) and admin (/healthz /readyz /metrics)");
+    https::serve(
+        https_listener,
+        tls::server_config(store)?,
+        admission::router(state),
+        stop_rx,
+        args.shutdown_timeout,
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// First SIGTERM or SIGINT: not ready, drain. Second: exit at once.
+async fn signals(stop: watch::Sender<bool>, health: Arc<Health>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "cannot install signal handlers; SIGTERM will kill the process without draining"
+        );
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: not ready, draining (a second signal exits at once)");
+    health.shutting_down.store(true, Ordering::SeqCst);
+    let _ = stop.send(true);
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting without waiting for the drain");
+    std::process::exit(130);
+}
+
+/// A client for the cluster in the environment (in-cluster or KUBECONFIG), checked by one call
+/// with a deadline so an unreachable cluster fails fast with one line.
+pub async fn connect() -> Result<kube::Client> {
+    let hint = "run with --no-controller to serve admission only";
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow!("cannot configure a Kubernetes client ({e}); {hint}"))?;
+    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+        Ok(Ok(v)) => {
+            tracing::info!(version = %v.git_version, "connected to the Kubernetes API");
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(anyhow!("cannot reach the Kubernetes API ({e}); {hint}")),
+        Err(_) => Err(anyhow!(
+            "the Kubernetes API did not answer within 10s; {hint}"
+        )),
+    }
+}

@@ -1,0 +1,399 @@
+//! The admission server as a real process over real TLS: hostile requests, readiness,
+//! certificate rotation without restart, and graceful shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn one_line(body: &str) -> bool {
+    body.trim_end().lines().count() == 1 && !body.trim().is_empty()
+}
+
+#[tokio::test]
+async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path());
+    let op = Operator::start(&cert, &key, &["--no-controller"]);
+    let tls = tls_client(&ca.cert);
+    let json = Some("application/json");
+
+    let valid = review(
+        "backups.k8s.bnerd.com",
+        "VolumeBackup",
+        "CREATE",
+        volume_backup(None, Some("ftp://hooks.example.com/x")),
+        None,
+    );
+    let mut no_request = valid.clone();
+    no_request.as_object_mut().unwrap().remove("request");
+    let mut beta = valid.clone();
+    beta["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let full = serde_json::to_vec(&valid).unwrap();
+    let truncated = full[..full.len() / 2].to_vec();
+    let huge = vec![b' '; 10 * 1024 * 1024];
+
+    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        ("wrong method", "GET", json, vec![], 405, "use POST"),
+        (
+            "wrong method PUT",
+            "PUT",
+            json,
+            full.clone(),
+            405,
+            "use POST",
+        ),
+        (
+            "wrong content type",
+            "POST",
+            Some("text/plain"),
+            full.clone(),
+            415,
+            "application/json",
+        ),
+        (
+            "no content type",
+            "POST",
+            None,
+            full.clone(),
+            415,
+            "application/json",
+        ),
+        ("10 MiB body", "POST", json, huge, 413, "larger than"),
+        (
+            "truncated JSON",
+            "POST",
+            json,
+            truncated,
+            400,
+            "not an AdmissionReview",
+        ),
+        (
+            "JSON that is no AdmissionReview",
+            "POST",
+            json,
+            br#"{"hello":"world"}"#.to_vec(),
+            400,
+            "not an AdmissionReview",
+        ),
+        (
+            "a JSON array",
+            "POST",
+            json,
+            b"[1,2]".to_vec(),
+            400,
+            "not an AdmissionReview",
+        ),
+        (
+            "empty body",
+            "POST",
+            json,
+            vec![],
+            400,
+            "not an AdmissionReview",
+        ),
+        (
+            "review without request",
+            "POST",
+            json,
+            serde_json::to_vec(&no_request).unwrap(),
+            400,
+            "has no request",
+        ),
+        (
+            "v1beta1 review",
+            "POST",
+            json,
+            serde_json::to_vec(&beta).unwrap(),
+            400,
+            "admission.k8s.io/v1",
+        ),
+    ];
+    for (name, method, ct, body, want, text) in cases {
+        let mut conn = connect(op.https, tls.clone()).await;
+        let (status, body) = conn.request(method, "/validate", ct, body).await;
+        assert_eq!(status, want, "{name}: {body}");
+        assert!(body.contains(text), "{name}: {body:?} lacks {text:?}");
+        assert!(one_line(&body), "{name}: not one line: {body:?}");
+    }
+
+    // An unknown kind is answered (allowed, with a warning), not dropped.
+    let pod = review(
+        "",
+        "Pod",
+        "CREATE",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}),
+        None,
+    );
+    let mut conn = connect(op.https, tls.clone()).await;
+    let (status, body) = conn
+        .request("POST", "/validate", json, serde_json::to_vec(&pod).unwrap())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(
+        answer["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("does not validate /Pod")
+    );
+
+    // And after all of that, a valid review on one keep-alive connection, twice.
+    let mut conn = connect(op.https, tls.clone()).await;
+    for _ in 0..2 {
+        let (status, body) = conn.request("POST", "/validate", json, full.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        assert_eq!(answer["response"]["uid"], valid["request"]["uid"]);
+        assert_eq!(answer["response"]["allowed"], false);
+        assert_eq!(
+            answer["response"]["status"]["message"],
+            "spec.webhooks.failure: scheme \"ftp\" is not allowed; use https:// or http://"
+        );
+    }
+    assert!(op.child.id() > 0);
+    let metrics = reqwest_get(op.admin, "/metrics").await.1;
+    assert!(
+        metrics
+            .contains(r#"backup_operator_webhook_requests_total{webhook="validate",code="413"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"backup_operator_admission_denials_total{webhook="validate",reason="scheme"} 2"#
+        ),
+        "{metrics}"
+    );
+}
+
+/// Plain HTTP GET against the admin port.
+async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn readyz_answers_within_a_second_of_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = dev_certs(dir.path());
+    let op = Operator::start(&cert, &key, &["--no-controller"]);
+    loop {
+        let (status, body) = reqwest_get(op.admin, "/readyz").await;
+        if status == 200 {
+            assert_eq!(body.trim(), "ok");
+            break;
+        }
+        assert!(
+            op.started.elapsed() < Duration::from_secs(1),
+            "not ready after 1s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = op.started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "ready only after {elapsed:?}"
+    );
+    assert_eq!(reqwest_get(op.admin, "/healthz").await.0, 200);
+}
+
+/// Lays the files out like a mounted Secret: `tls.crt -> ..data/tls.crt`, `..data -> ..<ts>`,
+/// and rotates by swapping the `..data` symlink, as the kubelet does.
+fn secret_volume_swap(dir: &std::path::Path, generation: u32, cert: &str, key: &str) {
+    let ts = dir.join(format!("..gen{generation}"));
+    std::fs::create_dir_all(&ts).unwrap();
+    std::fs::write(ts.join("tls.crt"), cert).unwrap();
+    std::fs::write(ts.join("tls.key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..gen{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn certificate_files_replaced_while_serving_are_picked_up_without_restart() {
+    let ca = backup_operator::certs::generate_ca("ca", Duration::from_secs(3600)).unwrap();
+    let issue = || {
+        backup_operator::certs::issue_serving(
+            &ca,
+            &[],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    let (first, second) = (issue(), issue());
+    let dir = tempfile::tempdir().unwrap();
+    secret_volume_swap(dir.path(), 1, &first.cert, &first.key);
+    let op = Operator::start(
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+        &["--no-controller"],
+    );
+    let tls = tls_client(&ca.cert);
+    let der = |pem: &str| {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(
+        connect(op.https, tls.clone()).await.peer_cert,
+        der(&first.cert)
+    );
+
+    // A broken rotation (a key that belongs to another certificate) keeps the old certificate.
+    secret_volume_swap(dir.path(), 2, &second.cert, &first.key);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        connect(op.https, tls.clone()).await.peer_cert,
+        der(&first.cert)
+    );
+    assert!(
+        op.log().contains("serving certificate not reloaded"),
+        "{}",
+        op.log()
+    );
+
+    let rotated = Instant::now();
+    secret_volume_swap(dir.path(), 3, &second.cert, &second.key);
+    loop {
+        if connect(op.https, tls.clone()).await.peer_cert == der(&second.cert) {
+            break;
+        }
+        assert!(
+            rotated.elapsed() < Duration::from_secs(15),
+            "new certificate not served after 15s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "new certificate served {:?} after the swap",
+        rotated.elapsed()
+    );
+    assert!(op.log().contains("loaded a new serving certificate"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_signal_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path());
+    let mut op = Operator::start(&cert, &key, &["--no-controller"]);
+    let tls = tls_client(&ca.cert);
+    let body = serde_json::to_vec(&review(
+        "backups.k8s.bnerd.com",
+        "VolumeBackup",
+        "CREATE",
+        volume_backup(Some("https://hooks.example.com/x"), None),
+        None,
+    ))
+    .unwrap();
+
+    // An idle keep-alive connection, and a request whose body is still on its way.
+    let mut idle = connect(op.https, tls.clone()).await;
+    assert_eq!(
+        idle.request("POST", "/validate", Some("application/json"), body.clone())
+            .await
+            .0,
+        200
+    );
+    let tcp = tokio::net::TcpStream::connect(op.https).await.unwrap();
+    let mut slow = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(
+            rustls_pki_types::ServerName::IpAddress(op.https.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+    slow.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    op.signal(libc::SIGTERM);
+    tokio::time::timeout(Duration::from_secs(3), &mut idle.closed)
+        .await
+        .expect("idle keep-alive connection not closed on SIGTERM")
+        .unwrap();
+    let (status, text) = reqwest_get(op.admin, "/readyz").await;
+    assert_eq!((status, text.trim()), (503, "shutting down"));
+
+    // The in-flight request still gets its answer.
+    slow.write_all(&body[10..]).await.unwrap();
+    slow.flush().await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let status = wait_exit(&mut op.child, Duration::from_secs(5));
+    assert_eq!(status, Some(0), "first signal should drain and exit 0");
+
+    // A second signal during a drain exits at once.
+    let mut op = Operator::start(
+        &cert,
+        &key,
+        &["--no-controller", "--shutdown-timeout", "60s"],
+    );
+    let tcp = tokio::net::TcpStream::connect(op.https).await.unwrap();
+    let mut stuck = tokio_rustls::TlsConnector::from(tls)
+        .connect(
+            rustls_pki_types::ServerName::IpAddress(op.https.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap();
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    stuck.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    op.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        op.child.try_wait().unwrap(),
+        None,
+        "must keep draining the stuck request"
+    );
+    op.signal(libc::SIGTERM);
+    assert_eq!(wait_exit(&mut op.child, Duration::from_secs(3)), Some(130));
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}

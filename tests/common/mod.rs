@@ -1,0 +1,222 @@
+//! Shared pieces of the root crate's integration tests: the real `backup-operator` binary as a
+//! child process, development certificates, and a small HTTPS client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backup_operator::certs::{self, PemPair};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+pub const OPERATOR: &str = env!("CARGO_BIN_EXE_backup-operator");
+
+/// A CA and a serving certificate for 127.0.0.1, written to `dir`.
+pub fn dev_certs(dir: &Path) -> (PemPair, PathBuf, PathBuf) {
+    let ca = certs::generate_ca("test-ca", Duration::from_secs(3600)).unwrap();
+    let serving = certs::issue_serving(
+        &ca,
+        &["localhost".to_owned()],
+        &["127.0.0.1".parse().unwrap()],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    certs::write_dir(dir, &ca, &serving).unwrap();
+    (ca, dir.join("tls.crt"), dir.join("tls.key"))
+}
+
+/// `backup-operator serve` as a child process; killed on drop.
+pub struct Operator {
+    pub child: Child,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub started: Instant,
+    pub ready_line_after: Duration,
+    log: Arc<Mutex<String>>,
+}
+
+impl Operator {
+    /// Starts `serve` on ephemeral loopback ports with extra `args`, and waits for the line that
+    /// says it serves (it carries the bound addresses).
+    pub fn start(cert: &Path, key: &Path, args: &[&str]) -> Operator {
+        let started = Instant::now();
+        let mut child = Command::new(OPERATOR)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn backup-operator");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[operator] {line}");
+                if line.contains("serving admission") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("operator did not start; log:\n{}", log.lock().unwrap()));
+        let field = |name: &str| -> SocketAddr {
+            let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            line[start..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        Operator {
+            https: field("https"),
+            admin: field("admin"),
+            ready_line_after: started.elapsed(),
+            started,
+            child,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TLS client configuration trusting only `ca_pem`.
+pub fn tls_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// One HTTPS connection to the operator that may carry several requests (keep-alive).
+pub struct Conn {
+    pub sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    pub peer_cert: Vec<u8>,
+    pub closed: tokio::task::JoinHandle<()>,
+}
+
+pub async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Conn {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    let peer_cert = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Conn {
+        sender,
+        peer_cert,
+        closed,
+    }
+}
+
+impl Conn {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = self
+            .sender
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// An `admission.k8s.io/v1` review of `object` for `kind` in `group`.
+pub fn review(
+    group: &str,
+    kind: &str,
+    operation: &str,
+    object: serde_json::Value,
+    old: Option<serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0d2e1c4a-7f4b-4f5e-9a55-3c1f4c1b2a99",
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": format!("{}s", kind.to_lowercase())},
+            "name": object["metadata"]["name"],
+            "namespace": "default",
+            "operation": operation,
+            "userInfo": {"username": "tester"},
+            "object": object,
+            "oldObject": old,
+            "dryRun": false
+        }
+    })
+}
+
+/// A VolumeBackup with the given webhook URLs.
+pub fn volume_backup(success: Option<&str>, failure: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "backups.k8s.bnerd.com/v1",
+        "kind": "VolumeBackup",
+        "metadata": {"name": "my-backup", "namespace": "default"},
+        "spec": {
+            "volumeClaimRef": {"name": "my-data-pvc"},
+            "schedule": "0 3 * * *",
+            "repository": {"url": "s3:https://s3.example.com/backups", "passwordSecretRef": {"name": "restic", "key": "password"}},
+            "webhooks": {"success": success, "failure": failure}
+        }
+    })
+}
