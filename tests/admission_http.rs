@@ -36,7 +36,9 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
     let truncated = full[..full.len() / 2].to_vec();
     let huge = vec![b' '; 10 * 1024 * 1024];
 
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (case, method, content type, body, expected status, text the one-line answer contains)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("wrong method", "GET", json, vec![], 405, "use POST"),
         (
             "wrong method PUT",
