@@ -16,3 +16,4 @@ pub mod schedule;
 pub mod serve;
 pub mod tls;
 pub mod url_policy;
+pub mod webhook_config;

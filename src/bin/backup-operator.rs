@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use backup_operator::{certs, crd, logging, serve};
+use backup_operator::{certs, crd, logging, serve, webhook_config};
 
 /// Trustworthy webhook notifications for VolumeBackup and S3Backup.
 ///
@@ -27,6 +27,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print both CustomResourceDefinitions as YAML (manifests/crds/ is this output).
     Crds,
+    /// Print the Validating- and MutatingWebhookConfiguration as YAML (manifests/webhooks.yaml is
+    /// this output for the in-cluster Service).
+    Webhooks(WebhooksArgs),
     /// Certificates for development and tests.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -37,6 +40,22 @@ enum CertCommand {
     /// Write a new CA (ca.crt, ca.key) and a serving certificate signed by it (tls.crt, tls.key)
     /// into a directory. For development: in a cluster the operator manages its own certificates.
     Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct WebhooksArgs {
+    /// Reach the webhooks through this Service (port 443)…
+    #[arg(long, default_value = "backup-operator", conflicts_with = "url")]
+    service: String,
+    /// …in this namespace, which is also excluded from both webhooks with kube-system.
+    #[arg(long, default_value = "backup-operator-system")]
+    namespace: String,
+    /// Reach the webhooks at this base URL instead (development), e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    url: Option<String>,
+    /// PEM file of the CA to put into caBundle (default: left empty, to be injected).
+    #[arg(long, value_name = "PATH")]
+    ca_bundle_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +96,23 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Crds => {
             print!("{}", crd::crds_yaml()?);
+            Ok(())
+        }
+        Command::Webhooks(a) => {
+            let ca_bundle = match &a.ca_bundle_file {
+                Some(p) => Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?),
+                None => None,
+            };
+            let endpoint = match a.url {
+                Some(url) => webhook_config::Endpoint::Url(url),
+                None => webhook_config::Endpoint::Service { name: a.service, namespace: a.namespace.clone() },
+            };
+            let settings = webhook_config::WebhookSettings {
+                endpoint,
+                ca_bundle,
+                excluded_namespaces: vec![a.namespace, "kube-system".into()],
+            };
+            print!("{}", webhook_config::yaml(&settings)?);
             Ok(())
         }
         Command::Cert(CertCommand::Generate(a)) => {

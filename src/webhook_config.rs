@@ -1,0 +1,167 @@
+//! The ValidatingWebhookConfiguration and MutatingWebhookConfiguration, built in one place and
+//! used for `manifests/` (`backup-operator webhooks`), by `tools/dev` (URL mode, on loopback) and
+//! by the certificate manager when it writes `caBundle`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+
+use crate::contract;
+
+/// Name of both configuration objects.
+pub const NAME: &str = "backup-operator";
+
+/// Where the apiserver reaches the webhook server.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// In-cluster: a Service on port 443.
+    Service { name: String, namespace: String },
+    /// Out of cluster (development): a base URL such as `https://127.0.0.1:8443`.
+    Url(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    pub endpoint: Endpoint,
+    /// PEM of the CA that signed the serving certificate; `None` leaves it to be injected.
+    pub ca_bundle: Option<Vec<u8>>,
+    /// Namespaces whose objects are never sent to the webhooks (the operator's own, so it can
+    /// always repair itself, and kube-system).
+    pub excluded_namespaces: Vec<String>,
+}
+
+impl WebhookSettings {
+    fn client_config(&self, path: &str) -> WebhookClientConfig {
+        let ca_bundle = self.ca_bundle.clone().map(ByteString);
+        match &self.endpoint {
+            Endpoint::Service { name, namespace } => WebhookClientConfig {
+                ca_bundle,
+                service: Some(ServiceReference {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    path: Some(path.to_owned()),
+                    port: Some(443),
+                }),
+                url: None,
+            },
+            Endpoint::Url(base) => WebhookClientConfig {
+                ca_bundle,
+                service: None,
+                url: Some(format!("{}{path}", base.trim_end_matches('/'))),
+            },
+        }
+    }
+
+    fn namespace_selector(&self) -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: "NotIn".into(),
+                values: Some(self.excluded_namespaces.clone()),
+            }]),
+            match_labels: None,
+        })
+    }
+}
+
+fn notify_label_selector() -> Option<LabelSelector> {
+    Some(LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            contract::NOTIFY_LABEL.to_owned(),
+            "true".to_owned(),
+        )])),
+        match_expressions: None,
+    })
+}
+
+fn rule(group: &str, resources: &[&str]) -> RuleWithOperations {
+    RuleWithOperations {
+        api_groups: Some(vec![group.to_owned()]),
+        api_versions: Some(vec!["v1".into()]),
+        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        scope: Some("Namespaced".into()),
+    }
+}
+
+fn meta() -> ObjectMeta {
+    ObjectMeta {
+        name: Some(NAME.into()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_owned(),
+            "backup-operator".to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// `/validate`: both custom resources (fail closed: a bad URL must never slip in), and labelled
+/// CronJobs' notification annotations.
+pub fn validating(s: &WebhookSettings) -> ValidatingWebhookConfiguration {
+    let common = |name: &str, rules, object_selector| ValidatingWebhook {
+        name: name.to_owned(),
+        admission_review_versions: vec!["v1".into()],
+        side_effects: "None".into(),
+        failure_policy: Some("Fail".into()),
+        match_policy: Some("Equivalent".into()),
+        timeout_seconds: Some(3),
+        client_config: s.client_config("/validate"),
+        namespace_selector: s.namespace_selector(),
+        object_selector,
+        rules: Some(rules),
+        match_conditions: None,
+    };
+    ValidatingWebhookConfiguration {
+        metadata: meta(),
+        webhooks: Some(vec![
+            common(
+                "backups.validate.backups.k8s.bnerd.com",
+                vec![rule(contract::GROUP, &["volumebackups", "s3backups"])],
+                None,
+            ),
+            common(
+                "cronjobs.validate.backups.k8s.bnerd.com",
+                vec![rule("batch", &["cronjobs"])],
+                notify_label_selector(),
+            ),
+        ]),
+    }
+}
+
+/// `/mutate`: labelled CronJobs. Fails open (a down webhook must not block CronJobs); the
+/// controller's `NotifierInjected` condition reports CronJobs that missed the injection.
+pub fn mutating(s: &WebhookSettings) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: meta(),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "cronjobs.mutate.backups.k8s.bnerd.com".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Ignore".into()),
+            match_policy: Some("Equivalent".into()),
+            reinvocation_policy: Some("IfNeeded".into()),
+            timeout_seconds: Some(2),
+            client_config: s.client_config("/mutate"),
+            namespace_selector: s.namespace_selector(),
+            object_selector: notify_label_selector(),
+            rules: Some(vec![rule("batch", &["cronjobs"])]),
+            match_conditions: None,
+        }]),
+    }
+}
+
+/// Both configurations as a YAML stream (k8s-openapi writes apiVersion and kind itself).
+pub fn yaml(s: &WebhookSettings) -> anyhow::Result<String> {
+    Ok(format!(
+        "---\n{}---\n{}",
+        serde_yaml_ng::to_string(&validating(s))?,
+        serde_yaml_ng::to_string(&mutating(s))?
+    ))
+}
