@@ -200,6 +200,9 @@ async fn validate_handler(
                 .inc();
         }
         response = response.deny(verdict.message());
+        // 403 makes kubectl say "Error from server (Forbidden)" instead of a bare 400.
+        response.result.code = 403;
+        response.result.reason = "Forbidden".into();
         "denied"
     };
     state
