@@ -38,6 +38,21 @@ pub mod env {
     pub const DENY: &str = "NOTIFY_DENY_DESTINATIONS";
 }
 
+/// The pod layout the injector writes and the notifier relies on (api.md §4).
+pub mod pod {
+    /// The shared `emptyDir` (medium Memory) and its mount path in every injected container.
+    pub const VOLUME: &str = "backup-notifier";
+    pub const MOUNT_PATH: &str = "/backup-notifier";
+    /// Where `notifier-install` copies the binary, for the wrapped container to run.
+    pub const INSTALLED_BIN: &str = "/backup-notifier/backup-notifier";
+    /// The wrapper's result; the liveness lock and the sent-marker live beside it.
+    pub const RESULT_FILE: &str = "/backup-notifier/result.json";
+    /// The notifier binary inside the operator image.
+    pub const IMAGE_BIN: &str = "/usr/local/bin/backup-notifier";
+    pub const INSTALL_CONTAINER: &str = "notifier-install";
+    pub const NOTIFIER_CONTAINER: &str = "notifier";
+}
+
 /// Which resource a backup came from; chooses the payload's message text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BackupKind {

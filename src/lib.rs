@@ -10,6 +10,7 @@ pub mod certs;
 pub mod contract;
 pub mod crd;
 pub mod https;
+pub mod inject;
 pub mod logging;
 pub mod metrics;
 pub mod schedule;

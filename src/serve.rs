@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Health};
 use crate::admission::{self, AdmissionState};
+use crate::inject::{InjectorArgs, InjectorConfig};
 use crate::metrics::Metrics;
 use crate::url_policy::{PolicyArgs, UrlPolicy};
 use crate::{https, tls};
@@ -49,6 +50,8 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub injector: InjectorArgs,
 }
 
 /// Go-style durations (`10s`, `1m30s`), as in every Kubernetes flag.
@@ -88,8 +91,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .context("reading the admin listener address")?;
 
     let policy = UrlPolicy::from(args.policy.clone());
+    let injector = InjectorConfig::new(&args.injector, policy.to_env());
     let state = Arc::new(AdmissionState {
         policy,
+        injector,
         metrics: metrics.clone(),
         max_request_bytes: args.max_request_bytes,
     });
@@ -113,7 +118,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     });
 
-    tracing::info!(https = %https_addr, admin = %admin_addr, "serving admission (POST /validate) and admin (/healthz /readyz /metrics)");
+    tracing::info!(https = %https_addr, admin = %admin_addr, "serving admission (POST /validate, POST /mutate) and admin (/healthz /readyz /metrics)");
     https::serve(
         https_listener,
         tls::server_config(store)?,

@@ -8,7 +8,11 @@ const OPERATOR: &str = env!("CARGO_BIN_EXE_backup-operator");
 
 fn assert_generated(args: &[&str], file: &str) {
     let out = Command::new(OPERATOR).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
     let committed = std::fs::read_to_string(&path).unwrap();
     assert!(

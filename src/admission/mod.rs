@@ -15,8 +15,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
+use crate::inject::{self, InjectorConfig};
 use crate::metrics::{DecisionLabels, DenialLabels, Metrics, WebhookLabels};
 use crate::url_policy::UrlPolicy;
 
@@ -27,6 +28,7 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 7 * 1024 * 1024;
 /// Everything the handlers need; shared by all connections.
 pub struct AdmissionState {
     pub policy: UrlPolicy,
+    pub injector: InjectorConfig,
     pub metrics: Metrics,
     pub max_request_bytes: usize,
 }
@@ -35,7 +37,13 @@ pub struct AdmissionState {
 pub fn router(state: Arc<AdmissionState>) -> Router {
     Router::new()
         .route("/validate", post(validate_handler))
-        .fallback(|| async { plain(StatusCode::NOT_FOUND, "not found: use POST /validate") })
+        .route("/mutate", post(mutate_handler))
+        .fallback(|| async {
+            plain(
+                StatusCode::NOT_FOUND,
+                "not found: use POST /validate or POST /mutate",
+            )
+        })
         .method_not_allowed_fallback(|| async {
             plain(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -168,17 +176,108 @@ pub fn review_response(response: AdmissionResponse) -> Response {
     }
 }
 
+async fn read_or_refuse(
+    state: &AdmissionState,
+    webhook: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<AdmissionRequest<DynamicObject>, Response> {
+    read_review(headers, body, state.max_request_bytes)
+        .await
+        .map_err(|bad| {
+            tracing::warn!(status = bad.0.as_u16(), reason = %bad.1, "refused a malformed /{webhook} request");
+            bad.into_response()
+        })
+}
+
+fn count_decision(
+    state: &AdmissionState,
+    webhook: &'static str,
+    kind: &str,
+    decision: &'static str,
+) {
+    state
+        .metrics
+        .admission_decisions
+        .get_or_create(&DecisionLabels {
+            webhook,
+            kind: bounded_kind(kind),
+            decision,
+        })
+        .inc();
+}
+
+async fn mutate_handler(
+    State(state): State<Arc<AdmissionState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let req = match read_or_refuse(&state, "mutate", &headers, body).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
+    };
+    let mut response = AdmissionResponse::from(&req);
+    let is_cron_job = req.kind.group == "batch" && req.kind.kind == "CronJob";
+    let mutation = match (&req.object, is_cron_job, &req.operation) {
+        (Some(obj), true, Operation::Create | Operation::Update) => match serde_json::to_value(obj)
+        {
+            Ok(json) => inject::mutate(&json, &state.injector),
+            Err(e) => {
+                tracing::error!(uid = %req.uid, error = %e, "cannot re-encode the CronJob; leaving it unchanged");
+                inject::Mutation::default()
+            }
+        },
+        (_, false, _) => inject::Mutation {
+            warnings: vec![format!(
+                "backup-operator does not mutate {}/{}; check the webhook configuration's rules",
+                req.kind.group, req.kind.kind
+            )],
+            ..Default::default()
+        },
+        _ => inject::Mutation::default(),
+    };
+    if !mutation.warnings.is_empty() {
+        response.warnings = Some(mutation.warnings.clone());
+    }
+    let decision = if mutation.patch.is_empty() {
+        "unchanged"
+    } else {
+        "patched"
+    };
+    let ops = mutation.patch.len();
+    if !mutation.patch.is_empty() {
+        response = match response.with_patch(json_patch::Patch(mutation.patch)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(uid = %req.uid, error = %e, "cannot encode the patch; leaving the CronJob unchanged");
+                AdmissionResponse::from(&req)
+            }
+        };
+    }
+    count_decision(&state, "mutate", &req.kind.kind, decision);
+    tracing::info!(
+        uid = %req.uid,
+        kind = %req.kind.kind,
+        namespace = req.namespace.as_deref().unwrap_or(""),
+        name = %req.name,
+        operation = ?req.operation,
+        decision,
+        injected = mutation.injected,
+        ops,
+        warnings = mutation.warnings.len(),
+        "mutated"
+    );
+    review_response(response)
+}
+
 async fn validate_handler(
     State(state): State<Arc<AdmissionState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let req = match read_review(&headers, body, state.max_request_bytes).await {
+    let req = match read_or_refuse(&state, "validate", &headers, body).await {
         Ok(r) => r,
-        Err(bad) => {
-            tracing::warn!(status = bad.0.as_u16(), reason = %bad.1, "refused a malformed /validate request");
-            return bad.into_response();
-        }
+        Err(refused) => return refused,
     };
     let verdict = validate::validate(&req, &state.policy);
     let kind = req.kind.kind.clone();
@@ -205,15 +304,7 @@ async fn validate_handler(
         response.result.reason = "Forbidden".into();
         "denied"
     };
-    state
-        .metrics
-        .admission_decisions
-        .get_or_create(&DecisionLabels {
-            webhook: "validate",
-            kind: bounded_kind(&kind),
-            decision,
-        })
-        .inc();
+    count_decision(&state, "validate", &kind, decision);
     tracing::info!(
         uid = %req.uid,
         kind = %kind,

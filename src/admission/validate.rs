@@ -176,7 +176,17 @@ impl Checker<'_> {
     }
 
     fn endpoint(&self, raw: &str) -> Result<Vec<String>, (String, &'static str)> {
-        let checked = self.url(raw)?;
+        // The policy words its reasons for webhook URLs; the endpoint is where the backup Job
+        // reads from.
+        let checked = self.url(raw).map_err(|(reason, class)| {
+            (
+                reason.replace(
+                    "notifications cannot be sent there",
+                    "the backup Job may not connect there",
+                ),
+                class,
+            )
+        })?;
         if !raw.starts_with("https://") {
             return Err(("must be an https:// URL".into(), "scheme"));
         }

@@ -100,12 +100,18 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Webhooks(a) => {
             let ca_bundle = match &a.ca_bundle_file {
-                Some(p) => Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?),
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+                ),
                 None => None,
             };
             let endpoint = match a.url {
                 Some(url) => webhook_config::Endpoint::Url(url),
-                None => webhook_config::Endpoint::Service { name: a.service, namespace: a.namespace.clone() },
+                None => webhook_config::Endpoint::Service {
+                    name: a.service,
+                    namespace: a.namespace.clone(),
+                },
             };
             let settings = webhook_config::WebhookSettings {
                 endpoint,

@@ -1,0 +1,408 @@
+//! The mutating webhook's logic: inject the notifier into the pod template of a labelled
+//! CronJob (api.md §4), idempotently, as a JSON Patch that adds only what it needs.
+//!
+//! Injected into `spec.jobTemplate.spec.template.spec`:
+//! - the `backup-notifier` volume (`emptyDir`, medium Memory);
+//! - init container `notifier-install`, which copies the notifier binary into that volume;
+//! - the `notifier`: a native sidecar (init container with `restartPolicy: Always`) that the
+//!   kubelet stops only after the backup container ended, or, in container mode, a regular
+//!   container that waits for the result;
+//! - the target container's `command` wrapped as `backup-notifier exec --result … -- <command>`
+//!   (its `args` are untouched);
+//! - `terminationGracePeriodSeconds` raised, when lower, so a send fits after the backup ends.
+
+pub mod patch;
+
+use std::time::Duration;
+
+use json_patch::PatchOperation;
+use serde_json::{Value, json};
+
+use crate::contract::{self, annotations, env, pod};
+use patch::{PatchBuilder, pointer};
+
+const POD_SPEC: [&str; 5] = ["spec", "jobTemplate", "spec", "template", "spec"];
+
+/// Extra seconds the pod's grace period grants beyond the notifier's timeout.
+const GRACE_MARGIN_SECS: u64 = 5;
+/// The kubelet's default when `terminationGracePeriodSeconds` is absent.
+const DEFAULT_GRACE_SECS: u64 = 30;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NotifierMode {
+    /// A native sidecar (init container with restartPolicy: Always), stopped by the kubelet
+    /// after the backup container ended. Needs Kubernetes 1.29+.
+    #[default]
+    Sidecar,
+    /// A regular container beside the backup container that exits 0 once it has sent.
+    Container,
+}
+
+impl NotifierMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifierMode::Sidecar => "sidecar",
+            NotifierMode::Container => "container",
+        }
+    }
+}
+
+/// The mutating webhook's flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InjectorArgs {
+    /// Image holding /usr/local/bin/backup-notifier (normally the operator's own image).
+    #[arg(long, env = "BACKUP_OPERATOR_NOTIFIER_IMAGE", default_value = concat!("ghcr.io/bnerd/backup-operator:", env!("CARGO_PKG_VERSION")))]
+    pub notifier_image: String,
+    /// How the notifier runs beside the backup container.
+    #[arg(long, value_enum, default_value_t = NotifierMode::Sidecar)]
+    pub notifier_mode: NotifierMode,
+    /// Bound on one delivery (DNS, connect, TLS, response). The pod's grace period is raised to
+    /// fit it.
+    #[arg(long, default_value = "10s", value_parser = crate::serve::parse_duration)]
+    pub notifier_timeout: Duration,
+    #[arg(long, default_value = "10m")]
+    pub notifier_cpu_request: String,
+    #[arg(long, default_value = "16Mi")]
+    pub notifier_memory_request: String,
+    #[arg(long, default_value = "64Mi")]
+    pub notifier_memory_limit: String,
+}
+
+/// Everything an injection needs, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct InjectorConfig {
+    pub image: String,
+    pub mode: NotifierMode,
+    pub timeout: Duration,
+    pub resources: Value,
+    /// The operator's URL policy, passed on so send time agrees with admission.
+    pub policy_env: Vec<(&'static str, String)>,
+}
+
+impl InjectorConfig {
+    pub fn new(args: &InjectorArgs, policy_env: Vec<(&'static str, String)>) -> Self {
+        InjectorConfig {
+            image: args.notifier_image.clone(),
+            mode: args.notifier_mode,
+            timeout: args.notifier_timeout,
+            resources: json!({
+                "requests": {"cpu": args.notifier_cpu_request, "memory": args.notifier_memory_request},
+                "limits": {"memory": args.notifier_memory_limit},
+            }),
+            policy_env,
+        }
+    }
+}
+
+/// The result of mutating one CronJob.
+#[derive(Debug, Default)]
+pub struct Mutation {
+    pub patch: Vec<PatchOperation>,
+    pub warnings: Vec<String>,
+    /// The notifier is (now) in the pod template.
+    pub injected: bool,
+}
+
+/// Whether the CronJob asks for notifications.
+pub fn is_labelled(cron_job: &Value) -> bool {
+    cron_job
+        .pointer(&pointer(["metadata", "labels", contract::NOTIFY_LABEL]).to_string())
+        .and_then(Value::as_str)
+        == Some("true")
+}
+
+/// Computes the patch for a labelled CronJob (`cron_job` is the object as JSON).
+pub fn mutate(cron_job: &Value, cfg: &InjectorConfig) -> Mutation {
+    let mut m = Mutation::default();
+    if !is_labelled(cron_job) {
+        return m;
+    }
+    let ann = |key: &str| {
+        cron_job
+            .pointer(&pointer(["metadata", "annotations", key]).to_string())
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let pod_spec = pointer(POD_SPEC);
+    let Some(containers) = cron_job
+        .pointer(&format!("{pod_spec}/containers"))
+        .and_then(Value::as_array)
+    else {
+        m.warnings.push(
+            "backup-operator: the CronJob has no pod template containers; no notification will be sent".into(),
+        );
+        return m;
+    };
+    let target_name = match ann(annotations::NOTIFY_CONTAINER) {
+        Some(name) => name.to_owned(),
+        None => match containers
+            .iter()
+            .find(|c| c["name"] != pod::NOTIFIER_CONTAINER)
+            .and_then(|c| c["name"].as_str())
+        {
+            Some(name) => name.to_owned(),
+            None => {
+                m.warnings.push("backup-operator: the CronJob has no container to wrap; no notification will be sent".into());
+                return m;
+            }
+        },
+    };
+    let Some(target) = containers
+        .iter()
+        .find(|c| c["name"] == target_name.as_str())
+    else {
+        m.warnings.push(format!(
+            "backup-operator: annotation {} names container {target_name:?}, which does not exist; no notification will be sent",
+            annotations::NOTIFY_CONTAINER
+        ));
+        return m;
+    };
+    let command = target["command"].as_array().filter(|c| !c.is_empty());
+    if command.is_none() {
+        m.warnings.push(format!(
+            "backup-operator: container {target_name:?} has no command, so it cannot be wrapped (the image's entrypoint is unknown at admission); set command to receive notifications. No notification will be sent"
+        ));
+        return m;
+    }
+
+    let mut b = PatchBuilder::new(cron_job.clone());
+    ensure_named(&mut b, "volumes", pod::VOLUME, volume(), None);
+    ensure_named(
+        &mut b,
+        "initContainers",
+        pod::INSTALL_CONTAINER,
+        install_container(cfg),
+        Some(0),
+    );
+    let notifier = notifier_container(cfg, &ann);
+    match cfg.mode {
+        NotifierMode::Sidecar => {
+            remove_named(&mut b, "containers", pod::NOTIFIER_CONTAINER);
+            let after_install =
+                index_of(&b, "initContainers", pod::INSTALL_CONTAINER).map(|i| i + 1);
+            ensure_named(
+                &mut b,
+                "initContainers",
+                pod::NOTIFIER_CONTAINER,
+                notifier,
+                after_install,
+            );
+        }
+        NotifierMode::Container => {
+            remove_named(&mut b, "initContainers", pod::NOTIFIER_CONTAINER);
+            ensure_named(
+                &mut b,
+                "containers",
+                pod::NOTIFIER_CONTAINER,
+                notifier,
+                None,
+            );
+        }
+    }
+    wrap_target(&mut b, &target_name);
+    raise_grace_period(&mut b, cfg.timeout);
+    let (ops, _) = b.into_ops();
+    m.patch = ops;
+    m.injected = true;
+    m
+}
+
+fn list_path(list: &str) -> json_patch::jsonptr::PointerBuf {
+    let mut p = pointer(POD_SPEC);
+    p.push_back(list);
+    p
+}
+
+fn index_of(b: &PatchBuilder, list: &str, name: &str) -> Option<usize> {
+    b.get(&list_path(list))?
+        .as_array()?
+        .iter()
+        .position(|c| c["name"] == name)
+}
+
+/// Puts `value` into the named list under the pod spec: replaced in place when an entry of that
+/// name exists but differs, inserted at `at` (or appended) when missing.
+fn ensure_named(b: &mut PatchBuilder, list: &str, name: &str, value: Value, at: Option<usize>) {
+    let path = list_path(list);
+    if b.get(&path).is_none_or(Value::is_null) {
+        b.add(path, Value::Array(vec![value]));
+        return;
+    }
+    match index_of(b, list, name) {
+        Some(i) => {
+            let mut p = path;
+            p.push_back(i.to_string());
+            b.ensure(p, value);
+        }
+        None => {
+            let mut p = path;
+            p.push_back(at.map_or_else(|| "-".to_owned(), |i| i.to_string()));
+            b.add(p, value);
+        }
+    }
+}
+
+fn remove_named(b: &mut PatchBuilder, list: &str, name: &str) {
+    if let Some(i) = index_of(b, list, name) {
+        let mut p = list_path(list);
+        p.push_back(i.to_string());
+        b.remove(p);
+    }
+}
+
+fn is_wrapped(command: &[Value]) -> bool {
+    command.first().and_then(Value::as_str) == Some(pod::INSTALLED_BIN)
+        && command.get(1).and_then(Value::as_str) == Some("exec")
+}
+
+/// The command a wrapped container ran before wrapping.
+pub fn unwrapped_command(command: &[Value]) -> Option<&[Value]> {
+    if !is_wrapped(command) {
+        return None;
+    }
+    let sep = command.iter().position(|v| v == "--")?;
+    Some(&command[sep + 1..])
+}
+
+fn wrap_target(b: &mut PatchBuilder, target: &str) {
+    let Some(containers) = b
+        .get(&list_path("containers"))
+        .and_then(Value::as_array)
+        .cloned()
+    else {
+        return;
+    };
+    for (i, c) in containers.iter().enumerate() {
+        let Some(command) = c["command"].as_array() else {
+            continue;
+        };
+        let name = c["name"].as_str().unwrap_or_default();
+        let mut base = list_path("containers");
+        base.push_back(i.to_string());
+        let original = unwrapped_command(command).unwrap_or(command);
+        if name != target {
+            // The target moved (annotation changed): leave no stale wrapper behind.
+            if is_wrapped(command) {
+                let mut p = base.clone();
+                p.push_back("command");
+                b.replace(p, Value::Array(original.to_vec()));
+            }
+            continue;
+        }
+        let mut wrapped = vec![
+            json!(pod::INSTALLED_BIN),
+            json!("exec"),
+            json!("--result"),
+            json!(pod::RESULT_FILE),
+            json!("--"),
+        ];
+        wrapped.extend(original.iter().cloned());
+        let mut p = base.clone();
+        p.push_back("command");
+        b.ensure(p, Value::Array(wrapped));
+        let mounts = c["volumeMounts"].as_array();
+        let mount = json!({"name": pod::VOLUME, "mountPath": pod::MOUNT_PATH});
+        let mut p = base;
+        p.push_back("volumeMounts");
+        match mounts.and_then(|m| m.iter().position(|v| v["name"] == pod::VOLUME)) {
+            Some(j) => {
+                p.push_back(j.to_string());
+                b.ensure(p, mount);
+            }
+            None if mounts.is_some() => {
+                p.push_back("-");
+                b.add(p, mount);
+            }
+            None => b.add(p, json!([mount])),
+        }
+    }
+}
+
+fn raise_grace_period(b: &mut PatchBuilder, timeout: Duration) {
+    let needed = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0) + GRACE_MARGIN_SECS;
+    let mut path = pointer(POD_SPEC);
+    path.push_back("terminationGracePeriodSeconds");
+    let current = b.get(&path).and_then(Value::as_u64);
+    if current.unwrap_or(DEFAULT_GRACE_SECS) < needed {
+        b.ensure(path, json!(needed));
+    }
+}
+
+fn volume() -> Value {
+    json!({"name": pod::VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}})
+}
+
+/// Restricted, as the Pod Security Standards define it.
+fn restricted() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+fn mount() -> Value {
+    json!([{"name": pod::VOLUME, "mountPath": pod::MOUNT_PATH}])
+}
+
+fn install_container(cfg: &InjectorConfig) -> Value {
+    json!({
+        "name": pod::INSTALL_CONTAINER,
+        "image": cfg.image,
+        "command": [pod::IMAGE_BIN, "install", pod::INSTALLED_BIN],
+        "resources": cfg.resources,
+        "securityContext": restricted(),
+        "volumeMounts": mount(),
+    })
+}
+
+fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'a str>) -> Value {
+    let mut vars: Vec<(&str, String)> = Vec::new();
+    if let Some(url) = ann(annotations::WEBHOOK_SUCCESS) {
+        vars.push((env::SUCCESS_URL, url.to_owned()));
+    }
+    if let Some(url) = ann(annotations::WEBHOOK_FAILURE) {
+        vars.push((env::FAILURE_URL, url.to_owned()));
+    }
+    vars.push((
+        env::KIND,
+        ann(annotations::NOTIFY_KIND)
+            .unwrap_or("VolumeBackup")
+            .to_owned(),
+    ));
+    vars.push((
+        env::HOST,
+        ann(annotations::NOTIFY_HOST).unwrap_or_default().to_owned(),
+    ));
+    vars.push((
+        env::VOLUME,
+        ann(annotations::NOTIFY_VOLUME)
+            .unwrap_or_default()
+            .to_owned(),
+    ));
+    vars.push((env::TIMEOUT, format!("{}ms", cfg.timeout.as_millis())));
+    vars.push((env::RESULT, pod::RESULT_FILE.to_owned()));
+    vars.push((env::MODE, cfg.mode.as_str().to_owned()));
+    vars.extend(cfg.policy_env.iter().cloned());
+    let env: Vec<Value> = vars
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    let mut c = json!({
+        "name": pod::NOTIFIER_CONTAINER,
+        "image": cfg.image,
+        "command": [pod::IMAGE_BIN, "notify"],
+        "env": env,
+        "resources": cfg.resources,
+        "securityContext": restricted(),
+        "volumeMounts": mount(),
+    });
+    if cfg.mode == NotifierMode::Sidecar {
+        c["restartPolicy"] = json!("Always");
+    }
+    c
+}

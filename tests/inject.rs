@@ -1,0 +1,441 @@
+//! The notifier injection (api.md §4) on CronJob JSON: its shape, idempotency, in-place updates,
+//! warnings, and a property test over generated pod specs.
+
+use std::time::Duration;
+
+use backup_operator::inject::{self, InjectorConfig, NotifierMode};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn config(mode: NotifierMode) -> InjectorConfig {
+    InjectorConfig {
+        image: "registry.example/backup-operator:test".into(),
+        mode,
+        timeout: Duration::from_secs(10),
+        resources: json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}),
+        policy_env: vec![
+            ("NOTIFY_REQUIRE_HTTPS", "false".into()),
+            ("NOTIFY_ALLOW_DESTINATIONS", "10.0.0.0/8".into()),
+        ],
+    }
+}
+
+fn cron_job(pod_spec: Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": "nightly", "namespace": "default",
+            "labels": {"backups.k8s.bnerd.com/notify": "true"},
+            "annotations": annotations,
+        },
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": pod_spec}}}}
+    })
+}
+
+fn default_annotations() -> Value {
+    json!({
+        "backups.k8s.bnerd.com/webhook-success": "https://hooks.example.com/ok",
+        "backups.k8s.bnerd.com/webhook-failure": "https://hooks.example.com/fail",
+        "backups.k8s.bnerd.com/notify-kind": "VolumeBackup",
+        "backups.k8s.bnerd.com/notify-host": "default-data",
+        "backups.k8s.bnerd.com/notify-volume": "data",
+    })
+}
+
+fn restic_pod() -> Value {
+    json!({
+        "restartPolicy": "Never",
+        "containers": [{"name": "backup", "image": "restic/restic:0.17.3", "command": ["restic", "backup", "/data"], "args": ["--verbose"]}]
+    })
+}
+
+fn apply(doc: &Value, ops: &[json_patch::PatchOperation]) -> Value {
+    let mut out = doc.clone();
+    json_patch::patch(&mut out, ops).unwrap();
+    out
+}
+
+fn pod(cj: &Value) -> &Value {
+    &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+}
+
+fn env_of(container: &Value) -> std::collections::BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sidecar_injection_has_the_documented_shape() {
+    let cj = cron_job(restic_pod(), default_annotations());
+    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    assert!(m.injected && m.warnings.is_empty(), "{m:?}");
+    let out = apply(&cj, &m.patch);
+    let p = pod(&out);
+    assert_eq!(
+        p["volumes"],
+        json!([{"name": "backup-notifier", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}])
+    );
+    let init = p["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 2);
+    assert_eq!(init[0]["name"], "notifier-install");
+    assert_eq!(
+        init[0]["command"],
+        json!([
+            "/usr/local/bin/backup-notifier",
+            "install",
+            "/backup-notifier/backup-notifier"
+        ])
+    );
+    assert_eq!(init[1]["name"], "notifier");
+    assert_eq!(init[1]["restartPolicy"], "Always");
+    assert_eq!(init[1]["image"], "registry.example/backup-operator:test");
+    let env = env_of(&init[1]);
+    assert_eq!(env["NOTIFY_SUCCESS_URL"], "https://hooks.example.com/ok");
+    assert_eq!(env["NOTIFY_FAILURE_URL"], "https://hooks.example.com/fail");
+    assert_eq!(env["NOTIFY_KIND"], "VolumeBackup");
+    assert_eq!(env["NOTIFY_HOST"], "default-data");
+    assert_eq!(env["NOTIFY_VOLUME"], "data");
+    assert_eq!(env["NOTIFY_MODE"], "sidecar");
+    assert_eq!(
+        env["NOTIFY_ALLOW_DESTINATIONS"], "10.0.0.0/8",
+        "the operator's URL policy travels along"
+    );
+    for c in init {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    }
+    let main = &p["containers"][0];
+    assert_eq!(
+        main["command"],
+        json!([
+            "/backup-notifier/backup-notifier",
+            "exec",
+            "--result",
+            "/backup-notifier/result.json",
+            "--",
+            "restic",
+            "backup",
+            "/data"
+        ])
+    );
+    assert_eq!(main["args"], json!(["--verbose"]), "args stay as they were");
+    assert_eq!(
+        main["volumeMounts"],
+        json!([{"name": "backup-notifier", "mountPath": "/backup-notifier"}])
+    );
+    assert_eq!(p["containers"].as_array().unwrap().len(), 1);
+    assert!(
+        p.get("terminationGracePeriodSeconds").is_none(),
+        "the default 30s already fits 10s + margin"
+    );
+    // Everything outside the pod spec is untouched.
+    assert_eq!(out["metadata"], cj["metadata"]);
+    assert_eq!(out["spec"]["schedule"], cj["spec"]["schedule"]);
+}
+
+#[test]
+fn mutating_a_mutated_cron_job_yields_an_empty_patch_even_with_apiserver_defaults() {
+    let cj = cron_job(restic_pod(), default_annotations());
+    let cfg = config(NotifierMode::Sidecar);
+    let mut once = apply(&cj, &inject::mutate(&cj, &cfg).patch);
+    // What the apiserver adds when it stores the object must not look like drift.
+    for c in pod(&once)["initContainers"]
+        .as_array()
+        .unwrap()
+        .clone()
+        .iter()
+        .enumerate()
+    {
+        once["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][c.0]["imagePullPolicy"] =
+            json!("IfNotPresent");
+        once["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][c.0]["terminationMessagePath"] =
+            json!("/dev/termination-log");
+    }
+    once["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"] =
+        json!("16Mi");
+    let again = inject::mutate(&once, &cfg);
+    assert!(again.patch.is_empty(), "{:?}", again.patch);
+    assert!(again.injected);
+}
+
+#[test]
+fn a_changed_url_updates_the_notifier_in_place() {
+    let cfg = config(NotifierMode::Sidecar);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let mut once = apply(&cj, &inject::mutate(&cj, &cfg).patch);
+    once["metadata"]["annotations"]["backups.k8s.bnerd.com/webhook-success"] =
+        json!("https://hooks.example.com/new");
+    once["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("backups.k8s.bnerd.com/webhook-failure");
+    let m = inject::mutate(&once, &cfg);
+    assert_eq!(m.patch.len(), 1, "only the notifier changes: {:?}", m.patch);
+    let twice = apply(&once, &m.patch);
+    let init = pod(&twice)["initContainers"].as_array().unwrap();
+    assert_eq!(init.iter().filter(|c| c["name"] == "notifier").count(), 1);
+    let env = env_of(&init[1]);
+    assert_eq!(env["NOTIFY_SUCCESS_URL"], "https://hooks.example.com/new");
+    assert!(!env.contains_key("NOTIFY_FAILURE_URL"));
+    assert_eq!(
+        pod(&twice)["containers"][0]["command"],
+        pod(&once)["containers"][0]["command"],
+        "wrapped once, not twice"
+    );
+}
+
+#[test]
+fn container_mode_and_switching_modes_keep_exactly_one_notifier() {
+    let cj = cron_job(restic_pod(), default_annotations());
+    let as_container = apply(
+        &cj,
+        &inject::mutate(&cj, &config(NotifierMode::Container)).patch,
+    );
+    let p = pod(&as_container);
+    assert_eq!(p["initContainers"].as_array().unwrap().len(), 1);
+    let containers = p["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[1]["name"], "notifier");
+    assert!(containers[1].get("restartPolicy").is_none());
+    assert_eq!(env_of(&containers[1])["NOTIFY_MODE"], "container");
+
+    let back = apply(
+        &as_container,
+        &inject::mutate(&as_container, &config(NotifierMode::Sidecar)).patch,
+    );
+    let p = pod(&back);
+    assert_eq!(p["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        p["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == "notifier")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
+    let mut no_command = restic_pod();
+    no_command["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("command");
+    let cj = cron_job(no_command, default_annotations());
+    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    assert!(m.patch.is_empty() && !m.injected);
+    assert!(
+        m.warnings[0].contains("container \"backup\" has no command"),
+        "{:?}",
+        m.warnings
+    );
+
+    let mut ann = default_annotations();
+    ann["backups.k8s.bnerd.com/notify-container"] = json!("restic");
+    let cj = cron_job(restic_pod(), ann);
+    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    assert!(m.patch.is_empty());
+    assert!(
+        m.warnings[0].contains("names container \"restic\", which does not exist"),
+        "{:?}",
+        m.warnings
+    );
+}
+
+#[test]
+fn unlabelled_cron_jobs_are_not_touched() {
+    let mut cj = cron_job(restic_pod(), default_annotations());
+    cj["metadata"]["labels"] = json!({"backups.k8s.bnerd.com/notify": "false"});
+    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    assert!(m.patch.is_empty() && m.warnings.is_empty() && !m.injected);
+}
+
+#[test]
+fn user_init_containers_and_mounts_are_kept_and_the_grace_period_is_raised() {
+    let spec = json!({
+        "terminationGracePeriodSeconds": 5,
+        "initContainers": [{"name": "prepare", "image": "busybox", "command": ["true"]}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        "containers": [
+            {"name": "sidecar-log", "image": "busybox", "command": ["sleep", "1"]},
+            {"name": "backup", "image": "restic", "command": ["restic", "backup", "/data"],
+             "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": true}]}
+        ]
+    });
+    let mut ann = default_annotations();
+    ann["backups.k8s.bnerd.com/notify-container"] = json!("backup");
+    let cj = cron_job(spec, ann);
+    let out = apply(
+        &cj,
+        &inject::mutate(&cj, &config(NotifierMode::Sidecar)).patch,
+    );
+    let p = pod(&out);
+    let names: Vec<&str> = p["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["notifier-install", "notifier", "prepare"]);
+    assert_eq!(p["volumes"][0]["name"], "data");
+    assert_eq!(p["volumes"][1]["name"], "backup-notifier");
+    assert_eq!(
+        p["containers"][0]["command"],
+        json!(["sleep", "1"]),
+        "only the target is wrapped"
+    );
+    assert_eq!(p["containers"][1]["volumeMounts"][0]["name"], "data");
+    assert_eq!(
+        p["containers"][1]["volumeMounts"][1]["name"],
+        "backup-notifier"
+    );
+    assert_eq!(p["terminationGracePeriodSeconds"], 15);
+}
+
+/// Takes out what the injection added; the grace period is restored to `original_grace`.
+fn remove_injection(cj: &Value, original_grace: Option<&Value>) -> Value {
+    let mut out = cj.clone();
+    let p = out["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        .as_object_mut()
+        .unwrap();
+    let strip = |p: &mut serde_json::Map<String, Value>, key: &str, names: &[&str]| {
+        if let Some(list) = p.get_mut(key).and_then(Value::as_array_mut) {
+            list.retain(|c| !names.iter().any(|n| c["name"] == *n));
+            if list.is_empty() {
+                p.remove(key);
+            }
+        }
+    };
+    strip(p, "volumes", &["backup-notifier"]);
+    strip(p, "initContainers", &["notifier-install", "notifier"]);
+    strip(p, "containers", &["notifier"]);
+    for c in p
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .unwrap()
+    {
+        let c = c.as_object_mut().unwrap();
+        if let Some(original) = c
+            .get("command")
+            .and_then(Value::as_array)
+            .and_then(|cmd| inject::unwrapped_command(cmd))
+            .map(<[Value]>::to_vec)
+        {
+            c.insert("command".into(), Value::Array(original));
+        }
+        strip(c, "volumeMounts", &["backup-notifier"]);
+    }
+    match original_grace {
+        Some(g) => p.insert("terminationGracePeriodSeconds".into(), g.clone()),
+        None => p.remove("terminationGracePeriodSeconds"),
+    };
+    out
+}
+
+fn container_strategy(name: &'static str) -> impl Strategy<Value = Value> {
+    (
+        prop::option::of(prop::collection::vec("[a-z/~.-]{1,8}", 1..4)),
+        prop::option::of(prop::collection::vec("[a-z0-9=-]{1,6}", 1..3)),
+        prop::option::of(prop::collection::vec(("[a-z]{1,5}", "/[a-z/~]{1,8}"), 1..3)),
+    )
+        .prop_map(move |(command, args, mounts)| {
+            let mut c = json!({"name": name, "image": "img"});
+            if let Some(cmd) = command {
+                c["command"] = json!(cmd);
+            }
+            if let Some(a) = args {
+                c["args"] = json!(a);
+            }
+            if let Some(m) = mounts {
+                c["volumeMounts"] = m
+                    .iter()
+                    .map(|(n, p)| json!({"name": n, "mountPath": p}))
+                    .collect();
+            }
+            c
+        })
+}
+
+fn pod_strategy() -> impl Strategy<Value = (Value, Option<String>)> {
+    (
+        container_strategy("main"),
+        prop::option::of(container_strategy("other")),
+        prop::option::of(prop::collection::vec("[a-z]{1,6}", 1..3)),
+        prop::option::of(prop::collection::vec("[a-z]{1,6}", 1..3)),
+        prop::option::of(0u64..60),
+        prop::option::of(prop_oneof![
+            Just("main".to_owned()),
+            Just("other".to_owned())
+        ]),
+    )
+        .prop_map(|(main, other, volumes, inits, grace, target)| {
+            let mut containers = vec![main];
+            containers.extend(other);
+            let mut spec = json!({"containers": containers});
+            if let Some(v) = volumes {
+                spec["volumes"] = v
+                    .iter()
+                    .map(|n| json!({"name": format!("v-{n}"), "emptyDir": {}}))
+                    .collect();
+            }
+            if let Some(i) = inits {
+                spec["initContainers"] = i
+                    .iter()
+                    .map(
+                        |n| json!({"name": format!("init-{n}"), "image": "x", "command": ["true"]}),
+                    )
+                    .collect();
+            }
+            if let Some(g) = grace {
+                spec["terminationGracePeriodSeconds"] = json!(g);
+            }
+            (spec, target)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn patching_twice_equals_patching_once_and_removal_restores_the_original(
+        (spec, target) in pod_strategy(),
+        container_mode in any::<bool>(),
+    ) {
+        let mut ann = default_annotations();
+        if let Some(t) = &target {
+            ann["backups.k8s.bnerd.com/notify-container"] = json!(t);
+        }
+        let cj = cron_job(spec.clone(), ann);
+        let cfg = config(if container_mode { NotifierMode::Container } else { NotifierMode::Sidecar });
+        let m = inject::mutate(&cj, &cfg);
+        let target_name = target.as_deref().unwrap_or("main");
+        let target_exists = spec["containers"].as_array().unwrap().iter().any(|c| c["name"] == target_name);
+        let has_command = spec["containers"].as_array().unwrap().iter().any(|c| c["name"] == target_name && c.get("command").is_some());
+        if !(target_exists && has_command) {
+            prop_assert!(m.patch.is_empty());
+            prop_assert!(!m.warnings.is_empty());
+            return Ok(());
+        }
+        let once = apply(&cj, &m.patch);
+        let again = inject::mutate(&once, &cfg);
+        prop_assert!(again.patch.is_empty(), "second patch not empty: {:?}", again.patch);
+        prop_assert_eq!(apply(&once, &again.patch), once.clone());
+        let restored = remove_injection(&once, spec.get("terminationGracePeriodSeconds"));
+        prop_assert_eq!(restored, cj);
+    }
+}

@@ -1,0 +1,230 @@
+//! `/validate` decisions on decoded reviews: field paths, one line per bad field, ratcheting of
+//! unchanged values, S3 endpoints, schedules and zones, labelled CronJobs.
+
+mod common;
+
+use backup_operator::admission::{decode_review, validate::validate};
+use backup_operator::url_policy::UrlPolicy;
+use common::{review, volume_backup};
+use serde_json::{Value, json};
+
+fn verdict(review: Value, policy: &UrlPolicy) -> (Vec<String>, Vec<String>) {
+    let req = decode_review(&serde_json::to_vec(&review).unwrap()).unwrap();
+    let v = validate(&req, policy);
+    (
+        v.denials.iter().map(ToString::to_string).collect(),
+        v.warnings,
+    )
+}
+
+fn vb(obj: Value) -> Value {
+    review("backups.k8s.bnerd.com", "VolumeBackup", "CREATE", obj, None)
+}
+
+#[test]
+fn every_bad_field_is_named_on_its_own_line() {
+    let mut obj = volume_backup(
+        Some("https://user:pw@hooks.example.com/"),
+        Some("http://169.254.169.254/latest"),
+    );
+    obj["spec"]["schedule"] = json!("61 * * * *");
+    obj["spec"]["timeZone"] = json!("Mars/Olympus");
+    let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "spec.webhooks.success: contains userinfo (user:password@), which is not allowed",
+            "spec.webhooks.failure: host 169.254.169.254 is link-local (cloud metadata); notifications cannot be sent there",
+            "spec.schedule: minute field \"61\": 61 is out of range 0-59",
+            "spec.timeZone: \"Mars/Olympus\" is not a known IANA time zone (for example Europe/Berlin or UTC)",
+        ]
+    );
+}
+
+#[test]
+fn seed_urls_pass_and_empty_or_absent_urls_mean_none() {
+    for (s, f) in [
+        (
+            Some("https://hooks.example.com/backup-success"),
+            Some("https://hooks.example.com/backup-failure"),
+        ),
+        (Some("https://hc-ping.com/your-check-uuid"), None),
+        (None, Some("https://your-relay.example.com/backup-alert")),
+        (Some(""), Some("")),
+        (None, None),
+    ] {
+        let (denials, warnings) = verdict(vb(volume_backup(s, f)), &UrlPolicy::default());
+        assert!(
+            denials.is_empty() && warnings.is_empty(),
+            "{s:?} {f:?}: {denials:?} {warnings:?}"
+        );
+    }
+}
+
+#[test]
+fn http_warns_and_require_https_denies() {
+    let obj = volume_backup(Some("http://hooks.example.com/x"), None);
+    let (denials, warnings) = verdict(vb(obj.clone()), &UrlPolicy::default());
+    assert!(denials.is_empty());
+    assert_eq!(
+        warnings,
+        [
+            "spec.webhooks.success: uses http://: the payload and any token in the URL travel unencrypted"
+        ]
+    );
+    let strict = UrlPolicy {
+        require_https: true,
+        ..Default::default()
+    };
+    let (denials, _) = verdict(vb(obj), &strict);
+    assert_eq!(
+        denials,
+        ["spec.webhooks.success: uses http://, and https:// is required (--require-https)"]
+    );
+}
+
+#[test]
+fn unchanged_bad_values_are_ratcheted_but_changed_ones_are_denied() {
+    let strict = UrlPolicy {
+        require_https: true,
+        ..Default::default()
+    };
+    let old = volume_backup(Some("http://hooks.example.com/x"), None);
+    let mut new = old.clone();
+    new["spec"]["schedule"] = json!("0 4 * * *");
+    let (denials, warnings) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "VolumeBackup",
+            "UPDATE",
+            new,
+            Some(old.clone()),
+        ),
+        &strict,
+    );
+    assert!(denials.is_empty(), "{denials:?}");
+    assert!(
+        warnings[0].contains("kept because it did not change"),
+        "{warnings:?}"
+    );
+
+    let good = volume_backup(Some("https://hooks.example.com/x"), None);
+    let bad = volume_backup(Some("https://127.0.0.1/x"), None);
+    let (denials, _) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "VolumeBackup",
+            "UPDATE",
+            bad,
+            Some(good),
+        ),
+        &strict,
+    );
+    assert_eq!(
+        denials,
+        ["spec.webhooks.success: host 127.0.0.1 is loopback; notifications cannot be sent there"]
+    );
+}
+
+#[test]
+fn objects_being_deleted_are_never_blocked() {
+    let mut obj = volume_backup(Some("ftp://x/"), None);
+    obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let (denials, _) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "VolumeBackup",
+            "UPDATE",
+            obj.clone(),
+            Some(obj),
+        ),
+        &UrlPolicy::default(),
+    );
+    assert!(denials.is_empty());
+}
+
+#[test]
+fn s3_endpoint_must_be_https_and_pass_the_policy() {
+    let s3 = |endpoint: &str| {
+        json!({
+            "apiVersion": "backups.k8s.bnerd.com/v1", "kind": "S3Backup",
+            "metadata": {"name": "bucket-backup", "namespace": "default"},
+            "spec": {
+                "source": {"endpoint": endpoint, "bucket": "my-bucket", "credentialsSecretRef": {"name": "s3"}},
+                "schedule": "@daily",
+                "repository": {"url": "/repo", "passwordSecretRef": {"name": "restic", "key": "password"}},
+                "webhooks": {"failure": "gopher://x/"}
+            }
+        })
+    };
+    let (denials, _) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "S3Backup",
+            "CREATE",
+            s3("https://s3.example.com"),
+            None,
+        ),
+        &UrlPolicy::default(),
+    );
+    assert_eq!(
+        denials,
+        ["spec.webhooks.failure: scheme \"gopher\" is not allowed; use https:// or http://"]
+    );
+    let (denials, _) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "S3Backup",
+            "CREATE",
+            s3("http://s3.example.com"),
+            None,
+        ),
+        &UrlPolicy::default(),
+    );
+    assert_eq!(denials[0], "spec.source.endpoint: must be an https:// URL");
+    let (denials, _) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "S3Backup",
+            "CREATE",
+            s3("https://[::1]:9000"),
+            None,
+        ),
+        &UrlPolicy::default(),
+    );
+    assert_eq!(
+        denials[0],
+        "spec.source.endpoint: host ::1 is loopback; the backup Job may not connect there"
+    );
+}
+
+#[test]
+fn labelled_cron_jobs_have_their_annotations_checked() {
+    let cj = |labels: Value, ann: Value| {
+        review(
+            "batch",
+            "CronJob",
+            "CREATE",
+            json!({
+                "apiVersion": "batch/v1", "kind": "CronJob",
+                "metadata": {"name": "c", "namespace": "default", "labels": labels, "annotations": ann},
+                "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}}
+            }),
+            None,
+        )
+    };
+    let label = json!({"backups.k8s.bnerd.com/notify": "true"});
+    let bad = json!({"backups.k8s.bnerd.com/webhook-failure": "https://0x7f.1/hook", "backups.k8s.bnerd.com/notify-kind": "Pod"});
+    let (denials, _) = verdict(cj(label.clone(), bad.clone()), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "metadata.annotations[backups.k8s.bnerd.com/webhook-failure]: host 127.0.0.1 is loopback; notifications cannot be sent there",
+            "metadata.annotations[backups.k8s.bnerd.com/notify-kind]: unknown kind \"Pod\": expected VolumeBackup or S3Backup",
+            "metadata.annotations[backups.k8s.bnerd.com/notify-host]: is required when a webhook URL is set (it goes into the payload)",
+            "metadata.annotations[backups.k8s.bnerd.com/notify-volume]: is required when a webhook URL is set (it goes into the payload)",
+        ]
+    );
+    let (denials, _) = verdict(cj(json!({}), bad), &UrlPolicy::default());
+    assert!(denials.is_empty(), "unlabelled CronJobs are not ours");
+}
