@@ -15,8 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::contract::BackupKind;
-
 /// Backs up one PersistentVolumeClaim with restic on a schedule.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -268,24 +266,4 @@ pub fn crds_yaml() -> anyhow::Result<String> {
         out.push_str(&serde_yaml_ng::to_string(&crd)?);
     }
     Ok(out)
-}
-
-/// The kind of a resource as the notification contract names it.
-pub trait BackupResource {
-    const KIND: BackupKind;
-    fn common(&self) -> &CommonSpec;
-}
-
-impl BackupResource for VolumeBackup {
-    const KIND: BackupKind = BackupKind::VolumeBackup;
-    fn common(&self) -> &CommonSpec {
-        &self.spec.common
-    }
-}
-
-impl BackupResource for S3Backup {
-    const KIND: BackupKind = BackupKind::S3Backup;
-    fn common(&self) -> &CommonSpec {
-        &self.spec.common
-    }
 }

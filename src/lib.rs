@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admission;
 pub mod certs;
 pub mod contract;
+pub mod controller;
 pub mod crd;
 pub mod https;
 pub mod inject;

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the operator, served as text on the admin port (`/metrics`).
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +35,99 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// One backup resource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct BackupLabels {
+    pub namespace: String,
+    pub kind: &'static str,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+/// What the controller knows about one resource's backups, as exported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackupFigures {
+    pub last_success: Option<i64>,
+    pub last_failure: Option<i64>,
+    /// Outcome and duration of the most recent finished Job.
+    pub last_job: Option<(bool, f64)>,
+}
+
+/// Per-resource backup metrics; series of deleted resources are dropped by [`Self::retain`].
+#[derive(Clone, Default)]
+pub struct BackupMetrics {
+    last_success: Family<BackupLabels, Gauge>,
+    last_failure: Family<BackupLabels, Gauge>,
+    last_job_success: Family<BackupLabels, Gauge>,
+    last_job_duration: Family<BackupLabels, Gauge<f64, AtomicU64>>,
+    known: Arc<Mutex<BTreeSet<BackupLabels>>>,
+}
+
+impl BackupMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Completion time (Unix) of the last successful backup Job",
+            self.last_success.clone(),
+        );
+        registry.register(
+            "backup_last_failure_timestamp_seconds",
+            "Time (Unix) the last failed backup Job failed",
+            self.last_failure.clone(),
+        );
+        registry.register(
+            "backup_last_job_success",
+            "1 when the most recent finished backup Job succeeded, 0 when it failed",
+            self.last_job_success.clone(),
+        );
+        registry.register(
+            "backup_last_job_duration_seconds",
+            "Run time of the most recent finished backup Job",
+            self.last_job_duration.clone(),
+        );
+    }
+
+    pub fn record(&self, labels: &BackupLabels, f: &BackupFigures) {
+        if let Some(t) = f.last_success {
+            self.last_success.get_or_create(labels).set(t);
+        }
+        if let Some(t) = f.last_failure {
+            self.last_failure.get_or_create(labels).set(t);
+        }
+        if let Some((ok, secs)) = f.last_job {
+            self.last_job_success
+                .get_or_create(labels)
+                .set(i64::from(ok));
+            self.last_job_duration.get_or_create(labels).set(secs);
+        }
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(labels.clone());
+        }
+    }
+
+    /// Drops the series of every resource for which `exists` is false.
+    pub fn retain(&self, exists: impl Fn(&BackupLabels) -> bool) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        known.retain(|labels| {
+            if exists(labels) {
+                return true;
+            }
+            self.last_success.remove(labels);
+            self.last_failure.remove(labels);
+            self.last_job_success.remove(labels);
+            self.last_job_duration.remove(labels);
+            false
+        });
+    }
+}
+
 /// Every metric the process exports. Cheap to clone (all handles are `Arc`s inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -44,6 +139,9 @@ pub struct Metrics {
     pub admission_denials: Family<DenialLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub tls_not_after: Gauge,
+    pub backups: BackupMetrics,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,8 +151,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers the admission and TLS metrics into `registry`, which may already hold the
-    /// metrics of other parts (the controller); it is frozen afterwards.
+    /// Registers every metric into `registry` (which may already hold others); it is frozen
+    /// afterwards.
     pub fn new(mut registry: Registry) -> Self {
         let webhook_requests = Family::<WebhookLabels, Counter>::default();
         registry.register(
@@ -105,8 +203,25 @@ impl Metrics {
             "Expiry (Unix time) of the serving certificate in use",
             tls_not_after.clone(),
         );
+        let backups = BackupMetrics::default();
+        backups.register(&mut registry);
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciliations by kind and result (ok, error)",
+            reconciles.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the controller's leader Lease",
+            leader.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            backups,
+            reconciles,
+            leader,
             webhook_requests,
             webhook_latency,
             webhook_in_flight,

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Health};
 use crate::admission::{self, AdmissionState};
+use crate::controller::{self, ControllerArgs};
 use crate::inject::{InjectorArgs, InjectorConfig};
 use crate::metrics::Metrics;
 use crate::url_policy::{PolicyArgs, UrlPolicy};
@@ -52,6 +53,8 @@ pub struct ServeArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub injector: InjectorArgs,
+    #[command(flatten)]
+    pub controller: ControllerArgs,
 }
 
 /// Go-style durations (`10s`, `1m30s`), as in every Kubernetes flag.
@@ -72,12 +75,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     tracing::info!(not_after = %tls::format_unix(cert.not_after), "loaded the serving certificate");
     let store = tls::CertStore::new(cert);
 
-    if !args.no_controller {
-        let client = connect().await?;
-        // The controller lands here (issue 6); for now the connection check keeps the promise
-        // that without a reachable cluster `serve` fails with one clear line.
-        drop(client);
-    }
+    let client = if args.no_controller {
+        None
+    } else {
+        Some(connect().await?)
+    };
 
     let https_listener = https::bind(args.listen).await?;
     let https_addr = https_listener
@@ -110,6 +112,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(signals(stop_tx, health.clone()));
+    let controller = client.map(|client| {
+        tokio::spawn(controller::run(
+            client,
+            args.controller.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
 
     let admin_router = admin::router(health.clone());
     tokio::spawn(async move {
@@ -127,6 +137,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         args.shutdown_timeout,
     )
     .await;
+    if let Some(controller) = controller {
+        // Bounded: the controller releases its Lease so another replica takes over at once.
+        if tokio::time::timeout(Duration::from_secs(10), controller)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the controller did not stop within 10s");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -60,10 +60,13 @@ pub struct InjectorArgs {
     /// fit it.
     #[arg(long, default_value = "10s", value_parser = crate::serve::parse_duration)]
     pub notifier_timeout: Duration,
+    /// CPU request of the injected containers.
     #[arg(long, default_value = "10m")]
     pub notifier_cpu_request: String,
+    /// Memory request of the injected containers.
     #[arg(long, default_value = "16Mi")]
     pub notifier_memory_request: String,
+    /// Memory limit of the injected containers.
     #[arg(long, default_value = "64Mi")]
     pub notifier_memory_limit: String,
 }
@@ -405,4 +408,58 @@ fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'
         c["restartPolicy"] = json!("Always");
     }
     c
+}
+
+/// Checks that a stored CronJob really carries a current notifier, so a mutating webhook that
+/// was down (it fails open) shows up instead of silently losing notifications. `Err` says what
+/// is missing.
+pub fn inspect(cron_job: &Value) -> Result<(), String> {
+    let pod_spec = pointer(POD_SPEC).to_string();
+    let list = |name: &str| {
+        cron_job
+            .pointer(&format!("{pod_spec}/{name}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (inits, containers, volumes) =
+        (list("initContainers"), list("containers"), list("volumes"));
+    let named = |l: &[Value], n: &str| l.iter().find(|c| c["name"] == n).cloned();
+    if named(&volumes, pod::VOLUME).is_none() || named(&inits, pod::INSTALL_CONTAINER).is_none() {
+        return Err("the pod template has no notifier (was the mutating webhook unavailable when the CronJob was written?)".into());
+    }
+    let notifier = named(&inits, pod::NOTIFIER_CONTAINER)
+        .filter(|c| c["restartPolicy"] == "Always")
+        .or_else(|| named(&containers, pod::NOTIFIER_CONTAINER))
+        .ok_or("the pod template has no notifier container")?;
+    let ann = |key: &str| {
+        cron_job
+            .pointer(&pointer(["metadata", "annotations", key]).to_string())
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let wrapped = containers.iter().any(|c| {
+        c["command"].as_array().is_some_and(|cmd| is_wrapped(cmd))
+            && ann(annotations::NOTIFY_CONTAINER).is_none_or(|t| c["name"] == t)
+    });
+    if !wrapped {
+        return Err("the backup container's command is not wrapped by the notifier".into());
+    }
+    let env = |name: &str| {
+        notifier["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name))
+            .and_then(|v| v["value"].as_str())
+    };
+    for (var, key) in [
+        (env::SUCCESS_URL, annotations::WEBHOOK_SUCCESS),
+        (env::FAILURE_URL, annotations::WEBHOOK_FAILURE),
+    ] {
+        if env(var) != ann(key) {
+            return Err(format!(
+                "the notifier's {var} does not match annotation {key} (the mutating webhook has not seen the latest change)"
+            ));
+        }
+    }
+    Ok(())
 }

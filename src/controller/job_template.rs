@@ -1,0 +1,379 @@
+//! The CronJob a VolumeBackup or S3Backup turns into (api.md §2, §4): a pure function of the
+//! resource and the controller's settings, so it can be tested without a cluster.
+//!
+//! User-supplied strings never reach a shell: the backup script is a constant that reads its
+//! inputs from environment variables, and values are escaped against the kubelet's `$(VAR)`
+//! expansion.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretEnvSource,
+    SecretKeySelector, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use sha2::{Digest, Sha256};
+
+use crate::contract::{self, BackupKind, annotations};
+use crate::crd::{CommonSpec, Retention, S3Backup, VolumeBackup};
+
+/// Labels and annotations the controller puts on what it generates.
+pub mod labels {
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGER: &str = "backup-operator";
+    /// The kind of the owning resource; selects the Jobs a controller watches.
+    pub const OWNER_KIND: &str = "backups.k8s.bnerd.com/owner-kind";
+    /// `<name>` of the owning resource (an annotation: names may exceed a label's 63 bytes).
+    pub const OWNER_NAME: &str = "backups.k8s.bnerd.com/owner-name";
+}
+
+/// Where the backed-up files are, in the backup container.
+pub const SOURCE_DIR: &str = "/data";
+/// The container `notify-container` names.
+pub const BACKUP_CONTAINER: &str = "backup";
+/// CronJob names are limited so that the Jobs' names (plus an 11-character suffix) fit 63.
+const MAX_CRON_JOB_NAME: usize = 52;
+
+/// The backup steps, fixed text: every input arrives through the environment.
+const BACKUP_SCRIPT: &str = r#"set -eu
+if ! restic cat config >/dev/null 2>&1; then
+  echo "backup-operator: no readable repository at the configured URL; initialising one"
+  restic init
+fi
+restic backup "$BACKUP_SOURCE" --host "$BACKUP_HOST" --tag "$BACKUP_TAG"
+if [ -n "${BACKUP_FORGET_ARGS:-}" ]; then
+  # BACKUP_FORGET_ARGS is built by the operator from integers only.
+  restic forget --prune --host "$BACKUP_HOST" --tag "$BACKUP_TAG" $BACKUP_FORGET_ARGS
+fi
+"#;
+
+/// Controller settings that shape every generated CronJob.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JobArgs {
+    /// restic image of the backup container (a resource's spec.image overrides it).
+    #[arg(
+        long,
+        env = "BACKUP_OPERATOR_RESTIC_IMAGE",
+        default_value = "docker.io/restic/restic:0.17.3"
+    )]
+    pub restic_image: String,
+    /// rclone image of the S3Backup copy step.
+    #[arg(
+        long,
+        env = "BACKUP_OPERATOR_RCLONE_IMAGE",
+        default_value = "docker.io/rclone/rclone:1.68"
+    )]
+    pub rclone_image: String,
+}
+
+/// What differs between the two kinds.
+pub trait BackupSource: Resource<DynamicType = ()> {
+    const KIND: BackupKind;
+    fn common(&self) -> &CommonSpec;
+    /// `host` and `volume` of the payload; `host` is also restic's `--host`.
+    fn host_and_volume(&self) -> (String, String);
+    /// Volumes, init containers and the source mount of the pod.
+    fn source(&self, args: &JobArgs) -> (Vec<Volume>, Vec<Container>, VolumeMount);
+}
+
+fn namespace_of<K: Resource>(r: &K) -> String {
+    r.meta().namespace.clone().unwrap_or_default()
+}
+
+impl BackupSource for VolumeBackup {
+    const KIND: BackupKind = BackupKind::VolumeBackup;
+
+    fn common(&self) -> &CommonSpec {
+        &self.spec.common
+    }
+
+    fn host_and_volume(&self) -> (String, String) {
+        let pvc = &self.spec.volume_claim_ref.name;
+        (format!("{}-{pvc}", namespace_of(self)), pvc.clone())
+    }
+
+    fn source(&self, _: &JobArgs) -> (Vec<Volume>, Vec<Container>, VolumeMount) {
+        let volume = Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: self.spec.volume_claim_ref.name.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        };
+        (vec![volume], vec![], mount("data", SOURCE_DIR, true))
+    }
+}
+
+impl BackupSource for S3Backup {
+    const KIND: BackupKind = BackupKind::S3Backup;
+
+    fn common(&self) -> &CommonSpec {
+        &self.spec.common
+    }
+
+    fn host_and_volume(&self) -> (String, String) {
+        let bucket = &self.spec.source.bucket;
+        (format!("{}-{bucket}", namespace_of(self)), bucket.clone())
+    }
+
+    fn source(&self, args: &JobArgs) -> (Vec<Volume>, Vec<Container>, VolumeMount) {
+        let src = &self.spec.source;
+        let scratch = Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        };
+        let mut path = src.bucket.clone();
+        if let Some(prefix) = src.prefix.as_deref().filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(prefix.trim_start_matches('/'));
+        }
+        // rclone is configured only through the environment; the credentials Secret's keys
+        // (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) are read by env_auth.
+        let mut env = vec![
+            env_value("RCLONE_S3_PROVIDER", "Other"),
+            env_value("RCLONE_S3_ENDPOINT", &src.endpoint),
+            env_value("RCLONE_S3_ENV_AUTH", "true"),
+            env_value("RCLONE_S3_FORCE_PATH_STYLE", "true"),
+            env_value("RCLONE_CONFIG", "/dev/null"),
+        ];
+        if let Some(region) = &src.region {
+            env.push(env_value("RCLONE_S3_REGION", region));
+        }
+        let fetch = Container {
+            name: "fetch".into(),
+            image: Some(args.rclone_image.clone()),
+            command: Some(vec!["rclone".into()]),
+            args: Some(vec![
+                "copy".into(),
+                escape_expansion(&format!(":s3:{path}")),
+                SOURCE_DIR.into(),
+            ]),
+            env: Some(env),
+            env_from: Some(vec![secret_env(&src.credentials_secret_ref.name)]),
+            volume_mounts: Some(vec![mount("data", SOURCE_DIR, false)]),
+            ..Default::default()
+        };
+        (vec![scratch], vec![fetch], mount("data", SOURCE_DIR, true))
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// The kubelet expands `$(VAR)` in command, args and env values; `$$` is its escape.
+pub fn escape_expansion(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(escape_expansion(value)),
+        value_from: None,
+    }
+}
+
+fn secret_env(name: &str) -> EnvFromSource {
+    EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: name.into(),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `<name>-backup`, shortened with a hash of the full name when too long for a CronJob.
+pub fn cron_job_name(resource_name: &str) -> String {
+    let full = format!("{resource_name}-backup");
+    if full.len() <= MAX_CRON_JOB_NAME {
+        return full;
+    }
+    let digest = Sha256::digest(resource_name.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_CRON_JOB_NAME - "-backup".len() - 1 - hash.len();
+    let head = resource_name[..keep].trim_end_matches(['-', '.']);
+    format!("{head}-{hash}-backup")
+}
+
+fn forget_args(r: &Retention) -> String {
+    [
+        ("--keep-last", r.keep_last),
+        ("--keep-hourly", r.keep_hourly),
+        ("--keep-daily", r.keep_daily),
+        ("--keep-weekly", r.keep_weekly),
+        ("--keep-monthly", r.keep_monthly),
+        ("--keep-yearly", r.keep_yearly),
+    ]
+    .iter()
+    .filter_map(|(flag, n)| n.filter(|n| *n > 0).map(|n| format!("{flag} {n}")))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// The CronJob for `r`, ready for server-side apply.
+pub fn cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
+    let meta = r.meta();
+    let name = meta.name.clone().unwrap_or_default();
+    let namespace = namespace_of(r);
+    let spec = r.common();
+    let (host, volume) = r.host_and_volume();
+
+    let labels = BTreeMap::from([
+        (labels::MANAGED_BY.to_owned(), labels::MANAGER.to_owned()),
+        (contract::NOTIFY_LABEL.to_owned(), "true".to_owned()),
+        (labels::OWNER_KIND.to_owned(), K::KIND.as_str().to_owned()),
+    ]);
+    let owner_annotation = BTreeMap::from([(labels::OWNER_NAME.to_owned(), name.clone())]);
+    let mut notify = owner_annotation.clone();
+    let hooks = spec.webhooks.clone().unwrap_or_default();
+    for (key, url) in [
+        (annotations::WEBHOOK_SUCCESS, hooks.success),
+        (annotations::WEBHOOK_FAILURE, hooks.failure),
+    ] {
+        if let Some(url) = url.filter(|u| !u.is_empty()) {
+            notify.insert(key.to_owned(), url);
+        }
+    }
+    notify.insert(
+        annotations::NOTIFY_KIND.to_owned(),
+        K::KIND.as_str().to_owned(),
+    );
+    notify.insert(annotations::NOTIFY_HOST.to_owned(), host.clone());
+    notify.insert(annotations::NOTIFY_VOLUME.to_owned(), volume);
+    notify.insert(
+        annotations::NOTIFY_CONTAINER.to_owned(),
+        BACKUP_CONTAINER.to_owned(),
+    );
+
+    let (mut volumes, init_containers, source_mount) = r.source(args);
+    volumes.push(Volume {
+        name: "restic-cache".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    let repo = &spec.repository;
+    let mut env = vec![
+        env_value("RESTIC_REPOSITORY", &repo.url),
+        EnvVar {
+            name: "RESTIC_PASSWORD".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: repo.password_secret_ref.name.clone(),
+                    key: repo.password_secret_ref.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        },
+        env_value("RESTIC_CACHE_DIR", "/restic-cache"),
+        env_value("BACKUP_SOURCE", SOURCE_DIR),
+        env_value("BACKUP_HOST", &host),
+        env_value(
+            "BACKUP_TAG",
+            &format!("{}={namespace}/{name}", K::KIND.as_str()),
+        ),
+    ];
+    if let Some(retention) = &spec.retention {
+        let forget = forget_args(retention);
+        if !forget.is_empty() {
+            env.push(env_value("BACKUP_FORGET_ARGS", &forget));
+        }
+    }
+    let backup = Container {
+        name: BACKUP_CONTAINER.into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| args.restic_image.clone()),
+        ),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), BACKUP_SCRIPT.into()]),
+        env: Some(env),
+        env_from: repo
+            .credentials_secret_ref
+            .as_ref()
+            .map(|s| vec![secret_env(&s.name)]),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![
+            source_mount,
+            mount("restic-cache", "/restic-cache", false),
+        ]),
+        ..Default::default()
+    };
+
+    CronJob {
+        metadata: ObjectMeta {
+            name: Some(cron_job_name(&name)),
+            namespace: Some(namespace),
+            labels: Some(labels.clone()),
+            annotations: Some(notify),
+            owner_references: Some(vec![owner_reference(r)]),
+            ..Default::default()
+        },
+        spec: Some(CronJobSpec {
+            schedule: spec.schedule.clone(),
+            time_zone: spec.time_zone.clone(),
+            suspend: Some(spec.suspended.unwrap_or(false)),
+            // One backup at a time per resource; a run that would overlap is skipped.
+            concurrency_policy: Some("Forbid".into()),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(owner_annotation),
+                    ..Default::default()
+                }),
+                spec: Some(JobSpec {
+                    // One attempt per schedule: a retry would be a second backup and a second
+                    // notification.
+                    backoff_limit: Some(0),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: Some(labels),
+                            ..Default::default()
+                        }),
+                        spec: Some(PodSpec {
+                            restart_policy: Some("Never".into()),
+                            init_containers: (!init_containers.is_empty())
+                                .then_some(init_containers),
+                            containers: vec![backup],
+                            volumes: Some(volumes),
+                            node_selector: spec.node_selector.clone(),
+                            tolerations: spec.tolerations.clone(),
+                            affinity: spec.affinity.clone(),
+                            ..Default::default()
+                        }),
+                    },
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn owner_reference<K: Resource<DynamicType = ()>>(r: &K) -> OwnerReference {
+    let meta = r.meta();
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}

@@ -1,0 +1,170 @@
+//! The thin controller: each VolumeBackup and S3Backup becomes a restic backup CronJob, and its
+//! status reports the CronJob, its Jobs, and whether the notifier is really in place. Only the
+//! replica holding the leader Lease reconciles; every replica serves admission.
+
+pub mod job_template;
+pub mod leader;
+pub mod reconcile;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use tokio::sync::watch;
+
+use crate::crd::{S3Backup, VolumeBackup};
+use crate::metrics::{BackupLabels, Metrics};
+use job_template::{JobArgs, labels};
+use reconcile::{Context, Reconciled};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub jobs: JobArgs,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(
+        long = "lease-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "backup-operator-system"
+    )]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "backup-operator-leader")]
+    pub lease_name: String,
+    /// How long a Lease stays valid without renewal; a new leader takes over after this.
+    #[arg(long, default_value = "15s", value_parser = crate::serve::parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease (default: the pod name, else host name and PID).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+fn identity(args: &ControllerArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Runs leader election and, while leading, both controllers; returns once `stop` turns true.
+pub async fn run(
+    client: kube::Client,
+    args: ControllerArgs,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+) {
+    let identity = identity(&args);
+    let cfg = leader::LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.lease_duration * 2 / 3,
+        retry_period: args.lease_duration / 7,
+    };
+    let (lead_tx, mut leading) = watch::channel(false);
+    let leases = Api::namespaced(client.clone(), &args.lease_namespace);
+    let election = tokio::spawn(leader::run(leases, cfg, lead_tx, stop.clone()));
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "backup-operator".into(),
+                instance: Some(identity),
+            },
+        ),
+        client,
+        job_args: args.jobs,
+        metrics: metrics.clone(),
+    });
+    let mut stop_wait = stop.clone();
+    loop {
+        tokio::select! {
+            _ = leading.wait_for(|l| *l) => {}
+            _ = stop_wait.wait_for(|s| *s) => break,
+        }
+        metrics.leader.set(1);
+        tracing::info!("leading: starting the VolumeBackup and S3Backup controllers");
+        let mut until = leading.clone();
+        let mut until_stop = stop.clone();
+        let done = async move {
+            tokio::select! {
+                _ = until.wait_for(|l| !*l) => {}
+                _ = until_stop.wait_for(|s| *s) => {}
+            }
+        };
+        let done = futures::future::FutureExt::shared(done);
+        let vb = controller::<VolumeBackup>(ctx.clone(), done.clone());
+        let s3 = controller::<S3Backup>(ctx.clone(), done.clone());
+        tokio::join!(vb, s3);
+        metrics.leader.set(0);
+        tracing::info!("controllers stopped");
+        if *stop.borrow() {
+            break;
+        }
+    }
+    let _ = election.await;
+}
+
+async fn controller<K>(
+    ctx: Arc<Context>,
+    done: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) where
+    K: Reconciled,
+{
+    let client = ctx.client.clone();
+    let owned =
+        watcher::Config::default().labels(&format!("{}={}", labels::OWNER_KIND, K::KIND.as_str()));
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<CronJob>::all(client.clone()), owned.clone())
+        .watches(Api::<Job>::all(client), owned, |job: Job| {
+            let name = job.annotations().get(labels::OWNER_NAME)?.clone();
+            Some(ObjectRef::<K>::new(&name).within(&job.namespace()?))
+        })
+        .graceful_shutdown_on(done.clone());
+    let pruner = tokio::spawn(prune_metrics::<K>(
+        controller.store(),
+        ctx.metrics.clone(),
+        done,
+    ));
+    controller
+        .run(reconcile::reconcile::<K>, reconcile::error_policy::<K>, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(kind = K::KIND.as_str(), error = %e, "controller event");
+            }
+        })
+        .await;
+    let _ = pruner.await;
+}
+
+/// Drops metric series of deleted resources (reconcile never sees a deletion). The first
+/// pass waits a full period, by which time the store holds every resource.
+async fn prune_metrics<K: Reconciled>(
+    store: Store<K>,
+    metrics: Metrics,
+    done: impl std::future::Future<Output = ()>,
+) {
+    let period = Duration::from_secs(60);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut done => return,
+        }
+        metrics.backups.retain(|l: &BackupLabels| {
+            l.kind != K::KIND.as_str()
+                || store
+                    .get(&ObjectRef::new(&l.name).within(&l.namespace))
+                    .is_some()
+        });
+    }
+}

@@ -1,0 +1,414 @@
+//! One reconcile of a VolumeBackup or S3Backup: apply its CronJob, check what it depends on, and
+//! report status, events and metrics.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::job_template::{self, BackupSource, JobArgs, labels};
+use super::status::{self, Observed};
+use crate::crd::{BackupStatus, S3Backup, VolumeBackup};
+use crate::inject;
+use crate::metrics::{BackupFigures, BackupLabels, Metrics, ReconcileLabels};
+
+/// Field manager of everything the controller applies.
+pub const FIELD_MANAGER: &str = "backup-operator";
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub job_args: JobArgs,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// Something a backup needs that may be missing.
+pub enum Dependency {
+    VolumeClaim(String),
+    Secret { name: String, key: Option<String> },
+}
+
+/// The typed resources the controller reconciles.
+pub trait Reconciled:
+    BackupSource
+    + Resource<Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    fn status(&self) -> Option<&BackupStatus>;
+    fn dependencies(&self) -> Vec<Dependency>;
+}
+
+fn common_dependencies(spec: &crate::crd::CommonSpec) -> Vec<Dependency> {
+    let repo = &spec.repository;
+    let mut deps = vec![Dependency::Secret {
+        name: repo.password_secret_ref.name.clone(),
+        key: Some(repo.password_secret_ref.key.clone()),
+    }];
+    if let Some(c) = &repo.credentials_secret_ref {
+        deps.push(Dependency::Secret {
+            name: c.name.clone(),
+            key: None,
+        });
+    }
+    deps
+}
+
+impl Reconciled for VolumeBackup {
+    fn status(&self) -> Option<&BackupStatus> {
+        self.status.as_ref()
+    }
+    fn dependencies(&self) -> Vec<Dependency> {
+        let mut deps = vec![Dependency::VolumeClaim(
+            self.spec.volume_claim_ref.name.clone(),
+        )];
+        deps.extend(common_dependencies(&self.spec.common));
+        deps
+    }
+}
+
+impl Reconciled for S3Backup {
+    fn status(&self) -> Option<&BackupStatus> {
+        self.status.as_ref()
+    }
+    fn dependencies(&self) -> Vec<Dependency> {
+        let mut deps = common_dependencies(&self.spec.common);
+        deps.push(Dependency::Secret {
+            name: self.spec.source.credentials_secret_ref.name.clone(),
+            key: None,
+        });
+        deps
+    }
+}
+
+/// The first missing dependency as a `Ready=False` observation.
+async fn missing_dependency(
+    client: &kube::Client,
+    ns: &str,
+    deps: &[Dependency],
+) -> Result<Option<Observed>, Error> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for dep in deps {
+        match dep {
+            Dependency::VolumeClaim(name) => {
+                if pvcs
+                    .get_opt(name)
+                    .await
+                    .map_err(kube_err(format!(
+                        "reading PersistentVolumeClaim {ns}/{name}"
+                    )))?
+                    .is_none()
+                {
+                    return Ok(Some(Observed::new(
+                        status::READY,
+                        false,
+                        "VolumeClaimNotFound",
+                        format!("PersistentVolumeClaim {name} does not exist in namespace {ns}"),
+                    )));
+                }
+            }
+            Dependency::Secret { name, key } => {
+                let secret = secrets
+                    .get_opt(name)
+                    .await
+                    .map_err(kube_err(format!("reading Secret {ns}/{name}")))?;
+                let Some(secret) = secret else {
+                    return Ok(Some(Observed::new(
+                        status::READY,
+                        false,
+                        "SecretNotFound",
+                        format!("Secret {name} does not exist in namespace {ns}"),
+                    )));
+                };
+                if let Some(key) = key {
+                    let has = secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+                        || secret
+                            .string_data
+                            .as_ref()
+                            .is_some_and(|d| d.contains_key(key));
+                    if !has {
+                        return Ok(Some(Observed::new(
+                            status::READY,
+                            false,
+                            "SecretKeyNotFound",
+                            format!("Secret {name} has no key {key}"),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(obj.as_ref(), &ctx).await;
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: K::KIND.as_str(),
+            result: if result.is_ok() { "ok" } else { "error" },
+        })
+        .inc();
+    tracing::debug!(kind = K::KIND.as_str(), name = %obj.name_any(), took = ?started.elapsed(), "reconciled");
+    result
+}
+
+async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+    let name = obj.name_any();
+    let ns = obj
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let kind = K::KIND.as_str();
+    let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let desired = job_template::cron_job(obj, &ctx.job_args);
+    let cj_name = desired.metadata.name.clone().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    let previous = obj.status().cloned().unwrap_or_default();
+    let now = Timestamp::now();
+    let mut observed = Vec::new();
+    let mut events = Vec::new();
+
+    // A CronJob of that name that is not ours is never taken over.
+    let existing = cron_jobs
+        .get_opt(&cj_name)
+        .await
+        .map_err(kube_err(format!("reading CronJob {ns}/{cj_name}")))?;
+    let conflict = existing
+        .as_ref()
+        .is_some_and(|cj| !cj.owner_references().iter().any(|o| o.uid == uid));
+    let stored = if conflict {
+        observed.push(Observed::new(
+            status::READY,
+            false,
+            "CronJobConflict",
+            format!("CronJob {cj_name} exists and is not owned by this {kind}; rename one of them"),
+        ));
+        None
+    } else {
+        let stored = cron_jobs
+            .patch(
+                &cj_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+            .map_err(kube_err(format!("applying CronJob {ns}/{cj_name}")))?;
+        if previous.cron_job_name.is_none() {
+            events.push((
+                EventType::Normal,
+                "Created".to_owned(),
+                format!("Created CronJob {cj_name}"),
+            ));
+        } else if previous
+            .observed_generation
+            .is_some_and(|g| Some(g) < obj.meta().generation)
+        {
+            events.push((
+                EventType::Normal,
+                "Updated".to_owned(),
+                format!("Updated CronJob {cj_name}"),
+            ));
+        }
+        Some(stored)
+    };
+
+    let missing = missing_dependency(&ctx.client, &ns, &obj.dependencies()).await?;
+    let waiting = missing.is_some() || conflict;
+    if let Some(m) = missing {
+        observed.push(m);
+    } else if !conflict {
+        observed.push(Observed::new(
+            status::READY,
+            true,
+            "CronJobReady",
+            format!(
+                "CronJob {cj_name} runs on schedule {:?}",
+                obj.common().schedule
+            ),
+        ));
+    }
+    let suspended = obj.common().suspended.unwrap_or(false);
+    observed.push(Observed::new(
+        status::SUSPENDED,
+        suspended,
+        if suspended { "Suspended" } else { "Active" },
+        if suspended {
+            "spec.suspended is true: no new backups start"
+        } else {
+            "backups run on schedule"
+        },
+    ));
+    if let Some(stored) = &stored {
+        let injected = serde_json::to_value(stored)
+            .map_err(|e| e.to_string())
+            .and_then(|v| inject::inspect(&v));
+        observed.push(match injected {
+            Ok(()) => Observed::new(
+                status::NOTIFIER_INJECTED,
+                true,
+                "NotifierInjected",
+                "the CronJob's pod template carries the notifier",
+            ),
+            Err(why) => Observed::new(status::NOTIFIER_INJECTED, false, "NotifierMissing", why),
+        });
+    }
+
+    // Jobs: the later of what the status already says and what the Jobs still show (history
+    // limits delete old Jobs).
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let owned = jobs
+        .list(&ListParams::default().labels(&format!("{}={kind}", labels::OWNER_KIND)))
+        .await
+        .map_err(kube_err(format!("listing Jobs in {ns}")))?
+        .items
+        .into_iter()
+        .filter(|j| j.annotations().get(labels::OWNER_NAME) == Some(&name));
+    let finished: Vec<_> = owned.filter_map(|j| status::finished(&j)).collect();
+    let newest_ok = finished.iter().filter(|f| f.succeeded).map(|f| f.at).max();
+    let newest_failed = finished
+        .iter()
+        .filter(|f| !f.succeeded)
+        .max_by_key(|f| f.at);
+    let last_failed_time = status::latest(
+        previous.last_failed_time.clone(),
+        newest_failed.map(|f| f.at),
+    );
+    if let Some(f) = newest_failed
+        && previous
+            .last_failed_time
+            .as_ref()
+            .is_none_or(|t| f.at > t.0)
+    {
+        events.push((
+            EventType::Warning,
+            "BackupFailed".to_owned(),
+            format!("Job {} failed: {}", f.name, f.reason),
+        ));
+    }
+    let last_job = finished.iter().max_by_key(|f| f.at);
+    let cj_status = stored
+        .as_ref()
+        .and_then(|c| c.status.clone())
+        .unwrap_or_default();
+
+    let (conditions, flipped) =
+        status::merge(&previous.conditions, &observed, obj.meta().generation, now);
+    for c in observed
+        .iter()
+        .filter(|o| !o.ok && flipped.contains(&o.type_) && o.type_ != status::SUSPENDED)
+    {
+        events.push((EventType::Warning, c.reason.clone(), c.message.clone()));
+    }
+    let new_status = BackupStatus {
+        observed_generation: obj.meta().generation,
+        cron_job_name: stored.as_ref().map(|_| cj_name.clone()),
+        last_schedule_time: status::latest(
+            previous.last_schedule_time.clone(),
+            cj_status.last_schedule_time.map(|t| t.0),
+        ),
+        last_successful_time: status::latest(
+            status::latest(previous.last_successful_time.clone(), newest_ok),
+            cj_status.last_successful_time.map(|t| t.0),
+        ),
+        last_failed_time,
+        conditions,
+    };
+    if new_status != previous {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": new_status })),
+        )
+        .await
+        .map_err(kube_err(format!(
+            "updating the status of {kind} {ns}/{name}"
+        )))?;
+    }
+
+    ctx.metrics.backups.record(
+        &BackupLabels {
+            namespace: ns.clone(),
+            kind: K::KIND.as_str(),
+            name: name.clone(),
+        },
+        &BackupFigures {
+            last_success: new_status
+                .last_successful_time
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            last_failure: new_status
+                .last_failed_time
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            last_job: last_job.map(|f| (f.succeeded, f.duration_secs.unwrap_or(0.0))),
+        },
+    );
+    let reference = obj.object_ref(&());
+    for (type_, reason, note) in events {
+        let event = Event {
+            type_,
+            reason,
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(%kind, %ns, %name, error = %e, "could not publish an event");
+        }
+    }
+
+    Ok(if waiting {
+        // Back off while something is missing: half the time it has been missing, 5 s to 2 min.
+        let since = new_status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::READY)
+            .map(|c| now.duration_since(c.last_transition_time.0).as_secs_f64())
+            .unwrap_or(0.0);
+        Action::requeue(Duration::from_secs_f64((since / 2.0).clamp(5.0, 120.0)))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+pub fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %err, "reconcile failed; retrying in 15s");
+    Action::requeue(Duration::from_secs(15))
+}

@@ -1,0 +1,111 @@
+//! Status of a backup resource: conditions that keep their transition time while unchanged,
+//! and the times derived from the resource's Jobs.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const READY: &str = "Ready";
+pub const SUSPENDED: &str = "Suspended";
+pub const NOTIFIER_INJECTED: &str = "NotifierInjected";
+
+/// A condition as this reconcile computed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub type_: &'static str,
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Observed {
+    pub fn new(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
+        Observed {
+            type_,
+            ok,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Merges observations into the previous conditions: `lastTransitionTime` moves only when the
+/// status flips. Returns the conditions and the types that flipped.
+pub fn merge(
+    previous: &[Condition],
+    observed: &[Observed],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (Vec<Condition>, Vec<&'static str>) {
+    let mut flipped = Vec::new();
+    let conditions = observed
+        .iter()
+        .map(|o| {
+            let status = if o.ok { "True" } else { "False" };
+            let prev = previous.iter().find(|c| c.type_ == o.type_);
+            let since = match prev {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => {
+                    flipped.push(o.type_);
+                    Time(now)
+                }
+            };
+            Condition {
+                type_: o.type_.to_owned(),
+                status: status.to_owned(),
+                reason: o.reason.clone(),
+                message: o.message.clone(),
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect();
+    (conditions, flipped)
+}
+
+/// How a finished Job ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    pub name: String,
+    pub succeeded: bool,
+    pub at: Timestamp,
+    pub duration_secs: Option<f64>,
+    pub reason: String,
+}
+
+/// The terminal condition of a Job, if it has one.
+pub fn finished(job: &Job) -> Option<Finished> {
+    let status = job.status.as_ref()?;
+    let cond = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+    let succeeded = cond.type_ == "Complete";
+    let at = match (&status.completion_time, &cond.last_transition_time) {
+        (Some(t), _) if succeeded => t.0,
+        (_, Some(t)) => t.0,
+        (Some(t), None) => t.0,
+        (None, None) => return None,
+    };
+    let duration_secs = status
+        .start_time
+        .as_ref()
+        .map(|s| at.duration_since(s.0).as_secs_f64());
+    Some(Finished {
+        name: job.metadata.name.clone().unwrap_or_default(),
+        succeeded,
+        at,
+        duration_secs,
+        reason: cond.reason.clone().unwrap_or_default(),
+    })
+}
+
+/// The later of two optional times.
+pub fn latest(a: Option<Time>, b: Option<Timestamp>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > a.0 => Some(Time(b)),
+        (Some(a), _) => Some(a),
+        (None, b) => b.map(Time),
+    }
+}
