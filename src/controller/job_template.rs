@@ -377,3 +377,197 @@ fn owner_reference<K: Resource<DynamicType = ()>>(r: &K) -> OwnerReference {
         block_owner_deletion: Some(true),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{S3BackupSpec, VolumeBackupSpec};
+
+    fn args() -> JobArgs {
+        JobArgs {
+            restic_image: "restic:test".into(),
+            rclone_image: "rclone:test".into(),
+        }
+    }
+
+    fn vb(name: &str) -> VolumeBackup {
+        let spec: VolumeBackupSpec = serde_json::from_value(serde_json::json!({
+            "volumeClaimRef": {"name": "data"},
+            "schedule": "0 3 * * *",
+            "timeZone": "Europe/Berlin",
+            "suspended": true,
+            "repository": {"url": "s3:https://s3.example.com/$(HOME)/repo", "passwordSecretRef": {"name": "restic", "key": "pw"}, "credentialsSecretRef": {"name": "s3-creds"}},
+            "retention": {"keepLast": 3, "keepDaily": 7, "keepWeekly": 0},
+            "webhooks": {"success": "https://hooks.example.com/ok", "failure": ""}
+        }))
+        .unwrap();
+        let mut r = VolumeBackup::new(name, spec);
+        r.metadata.namespace = Some("team-a".into());
+        r.metadata.uid = Some("uid-1".into());
+        r
+    }
+
+    #[test]
+    fn names_are_deterministic_and_fit_a_cron_job() {
+        assert_eq!(cron_job_name("my-backup"), "my-backup-backup");
+        let long = "a".repeat(60);
+        let short = cron_job_name(&long);
+        assert!(short.len() <= 52, "{short}");
+        assert_eq!(short, cron_job_name(&long));
+        assert_ne!(short, cron_job_name(&format!("{}b", "a".repeat(59))));
+        assert!(short.ends_with("-backup"));
+    }
+
+    #[test]
+    fn volume_backup_cron_job_carries_the_contract() {
+        let cj = cron_job(&vb("nightly"), &args());
+        let meta = &cj.metadata;
+        let ann = meta.annotations.as_ref().unwrap();
+        assert_eq!(
+            ann[annotations::WEBHOOK_SUCCESS],
+            "https://hooks.example.com/ok"
+        );
+        assert!(
+            !ann.contains_key(annotations::WEBHOOK_FAILURE),
+            "an empty URL means none"
+        );
+        assert_eq!(ann[annotations::NOTIFY_KIND], "VolumeBackup");
+        assert_eq!(ann[annotations::NOTIFY_HOST], "team-a-data");
+        assert_eq!(ann[annotations::NOTIFY_VOLUME], "data");
+        assert_eq!(ann[annotations::NOTIFY_CONTAINER], "backup");
+        assert_eq!(
+            meta.labels.as_ref().unwrap()[contract::NOTIFY_LABEL],
+            "true"
+        );
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("VolumeBackup", "uid-1", Some(true))
+        );
+        let spec = cj.spec.unwrap();
+        assert_eq!(spec.time_zone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(spec.suspend, Some(true));
+        let job = spec.job_template.spec.unwrap();
+        assert_eq!(job.backoff_limit, Some(0));
+        let pod = job.template.spec.unwrap();
+        let backup = &pod.containers[0];
+        assert_eq!(
+            backup.command.as_ref().unwrap()[..2],
+            ["/bin/sh".to_owned(), "-c".to_owned()]
+        );
+        assert!(
+            !backup.command.as_ref().unwrap()[2].contains("s3.example.com"),
+            "no user string in the script"
+        );
+        let env: BTreeMap<_, _> = backup
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        assert_eq!(
+            env["RESTIC_REPOSITORY"].value.as_deref(),
+            Some("s3:https://s3.example.com/$$(HOME)/repo")
+        );
+        assert_eq!(env["BACKUP_HOST"].value.as_deref(), Some("team-a-data"));
+        assert_eq!(
+            env["BACKUP_FORGET_ARGS"].value.as_deref(),
+            Some("--keep-last 3 --keep-daily 7")
+        );
+        let pw = env["RESTIC_PASSWORD"]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((pw.name.as_str(), pw.key.as_str()), ("restic", "pw"));
+        assert_eq!(
+            backup.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "s3-creds"
+        );
+        let data = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "data")
+            .unwrap();
+        let claim = data.persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("data", Some(true))
+        );
+        let mount = backup
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "data")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/data", Some(true))
+        );
+    }
+
+    #[test]
+    fn s3_backup_copies_the_bucket_with_rclone_configured_through_env() {
+        let spec: S3BackupSpec = serde_json::from_value(serde_json::json!({
+            "source": {"endpoint": "https://s3.example.com", "bucket": "photos", "prefix": "/2024/$(x)", "region": "eu-1", "credentialsSecretRef": {"name": "src"}},
+            "schedule": "@daily",
+            "repository": {"url": "/repo", "passwordSecretRef": {"name": "restic", "key": "pw"}}
+        }))
+        .unwrap();
+        let mut r = S3Backup::new("bucket-backup", spec);
+        r.metadata.namespace = Some("ns".into());
+        let cj = cron_job(&r, &args());
+        let ann = cj.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[annotations::NOTIFY_HOST], "ns-photos");
+        assert_eq!(ann[annotations::NOTIFY_VOLUME], "photos");
+        let pod = cj
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let fetch = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(fetch.image.as_deref(), Some("rclone:test"));
+        assert_eq!(
+            fetch.args.as_ref().unwrap(),
+            &["copy", ":s3:photos/2024/$$(x)", "/data"]
+        );
+        let env: BTreeMap<_, _> = fetch
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert_eq!(env["RCLONE_S3_ENDPOINT"], Some("https://s3.example.com"));
+        assert_eq!(env["RCLONE_S3_REGION"], Some("eu-1"));
+        assert_eq!(
+            fetch.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "src"
+        );
+        assert!(
+            pod.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "data" && v.empty_dir.is_some())
+        );
+    }
+}
