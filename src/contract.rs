@@ -69,7 +69,9 @@ impl std::str::FromStr for BackupKind {
         match s {
             "VolumeBackup" => Ok(BackupKind::VolumeBackup),
             "S3Backup" => Ok(BackupKind::S3Backup),
-            other => Err(format!("unknown kind {other:?}: expected VolumeBackup or S3Backup")),
+            other => Err(format!(
+                "unknown kind {other:?}: expected VolumeBackup or S3Backup"
+            )),
         }
     }
 }
@@ -103,7 +105,9 @@ impl std::str::FromStr for Outcome {
         match s {
             "success" => Ok(Outcome::Success),
             "failure" => Ok(Outcome::Failure),
-            other => Err(format!("unknown status {other:?}: expected success or failure")),
+            other => Err(format!(
+                "unknown status {other:?}: expected success or failure"
+            )),
         }
     }
 }
@@ -135,13 +139,23 @@ mod tests {
 
     #[test]
     fn payload_matches_the_seed_document() {
-        let p = Payload::new(BackupKind::VolumeBackup, Outcome::Success, "default-my-data-pvc", "my-data-pvc");
+        let p = Payload::new(
+            BackupKind::VolumeBackup,
+            Outcome::Success,
+            "default-my-data-pvc",
+            "my-data-pvc",
+        );
         assert_eq!(
             serde_json::to_value(&p).unwrap(),
             serde_json::json!({"status": "success", "message": "Volume backup completed",
                                "host": "default-my-data-pvc", "volume": "my-data-pvc"})
         );
-        let p = Payload::new(BackupKind::S3Backup, Outcome::Failure, "ns-bucket", "bucket");
+        let p = Payload::new(
+            BackupKind::S3Backup,
+            Outcome::Failure,
+            "ns-bucket",
+            "bucket",
+        );
         assert_eq!(
             serde_json::to_value(&p).unwrap(),
             serde_json::json!({"status": "failure", "message": "S3 backup failed",
