@@ -1,6 +1,9 @@
 //! Shared pieces of the root crate's integration tests: the real `backup-operator` binary as a
-//! child process, development certificates, and a small HTTPS client.
+//! child process, development certificates, a small HTTPS client, and the operator registered
+//! with a real control plane.
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -32,6 +35,36 @@ pub fn dev_certs(dir: &Path) -> (PemPair, PathBuf, PathBuf) {
     (ca, dir.join("tls.crt"), dir.join("tls.key"))
 }
 
+/// Spawns `cmd` so that it dies with the test process, however that ends: PR_SET_PDEATHSIG fires
+/// when the *thread* that forked exits, so every child is forked by one thread that never does.
+pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+            loop {
+                std::thread::park();
+            }
+        });
+        Mutex::new(tx)
+    });
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawner.lock().unwrap().send((cmd, tx)).unwrap();
+    rx.recv().unwrap()
+}
+
 /// `backup-operator serve` as a child process; killed on drop.
 pub struct Operator {
     pub child: Child,
@@ -46,26 +79,37 @@ impl Operator {
     /// Starts `serve` on ephemeral loopback ports with extra `args`, and waits for the line that
     /// says it serves (it carries the bound addresses).
     pub fn start(cert: &Path, key: &Path, args: &[&str]) -> Operator {
+        Self::start_with_env(cert, key, args, &[])
+    }
+
+    pub fn start_with_env(
+        cert: &Path,
+        key: &Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Operator {
         let started = Instant::now();
-        let mut child = Command::new(OPERATOR)
-            .arg("serve")
+        let mut cmd = Command::new(OPERATOR);
+        cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--tls-cert")
             .arg(cert)
             .arg("--tls-key")
             .arg(key)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn backup-operator");
+            .stderr(Stdio::piped());
+        let mut child = spawn_tied(cmd).expect("spawn backup-operator");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[operator] {line}");
+                if std::env::var_os("SHOW_OPERATOR_LOG").is_some() {
+                    eprintln!("[operator] {line}");
+                }
                 if line.contains("serving admission") {
                     let _ = tx.send(line.clone());
                 }

@@ -1,0 +1,165 @@
+//! The operator running against the test binary's real control plane, with both webhook
+//! configurations registered by URL (`https://127.0.0.1:PORT`), as `tools/dev` does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use testkit::control_plane::ControlPlane;
+
+use super::{OPERATOR, Operator, dev_certs};
+
+pub struct Cluster {
+    pub cp: &'static ControlPlane,
+    pub operator: Operator,
+    pub certs: PathBuf,
+}
+
+/// What the shared operator runs as.
+pub enum Mode {
+    /// Admission only (`--no-controller`).
+    AdmissionOnly,
+    /// Admission and the controller.
+    Full,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// Starts (once per test binary) the operator with `extra` flags and registers its webhooks.
+pub fn cluster(mode: Mode, extra: &[&str]) -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let cp = ControlPlane::shared();
+        kubectl_ok(
+            cp,
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &repo("manifests/crds/crds.yaml"),
+            ],
+        );
+        kubectl_ok(
+            cp,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/volumebackups.backups.k8s.bnerd.com",
+                "crd/s3backups.backups.k8s.bnerd.com",
+            ],
+        );
+        let ns = kubectl(cp, &["create", "namespace", "backup-operator-system"]);
+        assert!(
+            ns.status.success() || String::from_utf8_lossy(&ns.stderr).contains("AlreadyExists")
+        );
+
+        let certs = tempfile::tempdir().unwrap().keep();
+        let (_, cert, key) = dev_certs(&certs);
+        let mut args = vec![];
+        if matches!(mode, Mode::AdmissionOnly) {
+            args.push("--no-controller");
+        }
+        args.extend_from_slice(extra);
+        let operator = Operator::start_with_env(
+            &cert,
+            &key,
+            &args,
+            &[("KUBECONFIG", cp.kubeconfig_path().as_os_str())],
+        );
+        register_webhooks(cp, &operator, &certs.join("ca.crt"));
+        Cluster {
+            cp,
+            operator,
+            certs,
+        }
+    })
+}
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kubectl(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
+    cp.kubectl().args(args).output().expect("run kubectl")
+}
+
+pub fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = kubectl(cp, args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `kubectl apply -f -` with `yaml` on stdin.
+pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], yaml: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn register_webhooks(cp: &ControlPlane, op: &Operator, ca: &Path) {
+    let out = Command::new(OPERATOR)
+        .args([
+            "webhooks",
+            "--url",
+            &format!("https://{}", op.https),
+            "--namespace",
+            "backup-operator-system",
+        ])
+        .arg("--ca-bundle-file")
+        .arg(ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let applied = kubectl_stdin(
+        cp,
+        &["apply", "-f", "-"],
+        &String::from_utf8(out.stdout).unwrap(),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // The apiserver notices webhook configurations asynchronously: wait until one visibly acts.
+    let canary = r#"
+apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {name: canary, namespace: default}
+spec:
+  volumeClaimRef: {name: canary}
+  schedule: "0 3 * * *"
+  repository: {url: /tmp/canary, passwordSecretRef: {name: canary, key: password}}
+  webhooks: {failure: "https://169.254.169.254/canary"}
+"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = kubectl_stdin(cp, &["apply", "--dry-run=server", "-f", "-"], canary);
+        if String::from_utf8_lossy(&out.stderr).contains("notifications cannot be sent there") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the validating webhook did not act within 60s; operator log:\n{}",
+            op.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

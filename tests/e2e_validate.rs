@@ -1,0 +1,203 @@
+//! Issue 3 end to end: `kubectl apply` against a real kube-apiserver with the validating webhook
+//! registered. Bad URLs are rejected with the field and the reason, and nothing is stored.
+
+mod common;
+
+use common::cluster::{Mode, cluster, kubectl, kubectl_stdin};
+use testkit::control_plane::ControlPlane;
+
+fn volume_backup(ns: &str, name: &str, success: &str, failure: &str) -> String {
+    format!(
+        r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  volumeClaimRef: {{name: my-data-pvc}}
+  schedule: "0 3 * * *"
+  repository: {{url: "s3:https://s3.example.com/restic", passwordSecretRef: {{name: restic, key: password}}}}
+  webhooks:
+    success: "{success}"
+    failure: "{failure}"
+"#
+    )
+}
+
+fn s3_backup(ns: &str, name: &str, success: &str, failure: &str) -> String {
+    format!(
+        r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: S3Backup
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  source: {{endpoint: "https://s3.example.com", bucket: bucket-backup-source, credentialsSecretRef: {{name: src}}}}
+  schedule: "@daily"
+  repository: {{url: "s3:https://s3.example.com/restic", passwordSecretRef: {{name: restic, key: password}}}}
+  webhooks:
+    success: "{success}"
+    failure: "{failure}"
+"#
+    )
+}
+
+const BAD: [(&str, &str); 4] = [
+    (
+        "ftp://hooks.example.com/x",
+        "must be an http:// or https:// URL",
+    ),
+    (
+        "http://169.254.169.254/latest",
+        "host 169.254.169.254 is link-local (cloud metadata); notifications cannot be sent there",
+    ),
+    (
+        "https://user:pw@hooks.example.com/",
+        "contains userinfo (user:password@), which is not allowed",
+    ),
+    (
+        "https://[::ffff:127.0.0.1]/",
+        "host ::ffff:127.0.0.1 is loopback; notifications cannot be sent there",
+    ),
+];
+
+fn exists(cp: &ControlPlane, resource: &str, ns: &str, name: &str) -> bool {
+    let out = kubectl(cp, &["get", resource, name, "-n", ns, "-o", "name"]);
+    if out.status.success() {
+        return true;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NotFound"), "unexpected kubectl error: {err}");
+    false
+}
+
+fn stored_failure_url(cp: &ControlPlane, resource: &str, ns: &str, name: &str) -> String {
+    let out = kubectl(
+        cp,
+        &[
+            "get",
+            resource,
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.webhooks.failure}",
+        ],
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn check_kind(resource: &str, manifest: fn(&str, &str, &str, &str) -> String, ns: &str) {
+    let cp = cluster(Mode::AdmissionOnly, &[]).cp;
+    let good_success = "https://hooks.example.com/backup-success";
+    for (i, (bad, reason)) in BAD.iter().enumerate() {
+        let name = format!("bad-{i}");
+        for dry_run in [false, true] {
+            let mut args = vec!["apply", "-f", "-"];
+            if dry_run {
+                args.push("--dry-run=server");
+            }
+            let out = kubectl_stdin(cp, &args, &manifest(ns, &name, good_success, bad));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{resource} with failure URL {bad} was accepted (dry-run={dry_run})"
+            );
+            assert!(
+                stderr.contains("spec.webhooks.failure"),
+                "{bad}: stderr does not name the field: {stderr}"
+            );
+            assert!(
+                stderr.contains(reason),
+                "{bad}: stderr does not give the reason {reason:?}: {stderr}"
+            );
+            assert!(
+                !exists(cp, resource, ns, &name),
+                "{bad}: the object exists after a rejected apply"
+            );
+        }
+    }
+
+    // The seed document's URLs are accepted.
+    let out = kubectl_stdin(
+        cp,
+        &["apply", "-f", "-"],
+        &manifest(
+            ns,
+            "good",
+            good_success,
+            "https://hooks.example.com/backup-failure",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "seed URLs rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(exists(cp, resource, ns, "good"));
+
+    // An update from a good URL to a bad one is rejected, and the good one stays.
+    for (bad, reason) in BAD {
+        let out = kubectl_stdin(
+            cp,
+            &["apply", "-f", "-"],
+            &manifest(ns, "good", good_success, bad),
+        );
+        assert!(!out.status.success(), "update to {bad} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
+        assert_eq!(
+            stored_failure_url(cp, resource, ns, "good"),
+            "https://hooks.example.com/backup-failure"
+        );
+    }
+
+    // http:// is allowed with a warning that kubectl prints.
+    let out = kubectl_stdin(
+        cp,
+        &["apply", "-f", "-"],
+        &manifest(ns, "plain-http", "http://hooks.example.com/ok", ""),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Warning: spec.webhooks.success: uses http://"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn volume_backups_with_bad_urls_are_rejected_by_kubectl_apply() {
+    let cp = cluster(Mode::AdmissionOnly, &[]).cp;
+    let ns = cp.namespace("validate-vb").await;
+    check_kind("volumebackup", volume_backup, ns.name());
+}
+
+#[tokio::test]
+async fn s3_backups_with_bad_urls_are_rejected_by_kubectl_apply() {
+    let cp = cluster(Mode::AdmissionOnly, &[]).cp;
+    let ns = cp.namespace("validate-s3b").await;
+    check_kind("s3backup", s3_backup, ns.name());
+}
+
+#[tokio::test]
+async fn every_bad_field_is_reported_at_once() {
+    let cp = cluster(Mode::AdmissionOnly, &[]).cp;
+    let ns = cp.namespace("validate-many").await;
+    let manifest = volume_backup(
+        ns.name(),
+        "many",
+        "https://0x7f.1/ping",
+        "https://metadata.google.internal/x",
+    )
+    .replace("\"0 3 * * *\"", "\"0 3 * * 7\"");
+    let out = kubectl_stdin(cp, &["apply", "-f", "-"], &manifest);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for line in [
+        "spec.webhooks.success: host 127.0.0.1 is loopback; notifications cannot be sent there",
+        "spec.webhooks.failure: host metadata.google.internal is a cloud metadata service; notifications cannot be sent there",
+        "spec.schedule: day of week field \"7\": 7 is out of range 0-6",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in {stderr}");
+    }
+}
