@@ -274,10 +274,12 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
             "backups run on schedule"
         },
     ));
+    let mut notifier_missing = false;
     if let Some(stored) = &stored {
         let injected = serde_json::to_value(stored)
             .map_err(|e| e.to_string())
             .and_then(|v| inject::inspect(&v));
+        notifier_missing = injected.is_err();
         observed.push(match injected {
             Ok(()) => Observed::new(
                 status::NOTIFIER_INJECTED,
@@ -394,12 +396,18 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         }
     }
 
-    Ok(if waiting {
-        // Back off while something is missing: half the time it has been missing, 5 s to 2 min.
+    Ok(if waiting || notifier_missing {
+        // Back off while something is missing (re-applying also gives a mutating webhook that
+        // is back the chance to inject): half the time it has been missing, 5 s to 2 min.
+        let failing = if waiting {
+            status::READY
+        } else {
+            status::NOTIFIER_INJECTED
+        };
         let since = new_status
             .conditions
             .iter()
-            .find(|c| c.type_ == status::READY)
+            .find(|c| c.type_ == failing)
             .map(|c| now.duration_since(c.last_transition_time.0).as_secs_f64())
             .unwrap_or(0.0);
         Action::requeue(Duration::from_secs_f64((since / 2.0).clamp(5.0, 120.0)))

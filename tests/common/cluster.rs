@@ -114,7 +114,8 @@ pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], yaml: &str) -> std::proce
     child.wait_with_output().unwrap()
 }
 
-fn register_webhooks(cp: &ControlPlane, op: &Operator, ca: &Path) {
+/// Registers both webhook configurations for `op` and waits until the validating one acts.
+pub fn register_webhooks(cp: &ControlPlane, op: &Operator, ca: &Path) {
     let out = Command::new(OPERATOR)
         .args([
             "webhooks",

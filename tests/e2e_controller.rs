@@ -1,0 +1,298 @@
+//! Issue 6 end to end on the real control plane (with kube-controller-manager): the controller
+//! turns VolumeBackups into CronJobs that carry the notifier injected by the live mutating
+//! webhook, follows changes, reports status and events, and lets garbage collection clean up.
+
+mod common;
+
+use std::time::Duration;
+
+use backup_operator::crd::VolumeBackup;
+use common::cluster::{Mode, cluster, kubectl_stdin};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use testkit::control_plane::wait_for;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn condition(vb: &VolumeBackup, type_: &str) -> Option<(String, String)> {
+    vb.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn prerequisites(client: &kube::Client, ns: &str) {
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "my-data-pvc"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    secret(client, ns).await;
+}
+
+async fn secret(client: &kube::Client, ns: &str) {
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+fn manifest(ns: &str, schedule: &str, success: &str, suspended: bool) -> String {
+    format!(
+        r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {{name: my-backup, namespace: {ns}}}
+spec:
+  volumeClaimRef: {{name: my-data-pvc}}
+  schedule: "{schedule}"
+  suspended: {suspended}
+  repository: {{url: "s3:https://s3.example.com/restic", passwordSecretRef: {{name: restic, key: password}}}}
+  webhooks:
+    success: "{success}"
+    failure: "https://hooks.example.com/backup-failure"
+"#
+    )
+}
+
+fn apply(cp: &testkit::control_plane::ControlPlane, yaml: &str) {
+    let out = kubectl_stdin(cp, &["apply", "-f", "-"], yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn notifier_env(cj: &CronJob, var: &str) -> Option<String> {
+    let pod = cj
+        .spec
+        .as_ref()?
+        .job_template
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?;
+    let notifiers: Vec<_> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.name == "notifier")
+        .collect();
+    assert_eq!(notifiers.len(), 1, "exactly one notifier");
+    notifiers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == var)
+        .and_then(|e| e.value.clone())
+}
+
+#[tokio::test]
+async fn a_volume_backup_becomes_a_cron_job_with_the_notifier_and_follows_changes() {
+    let cp = cluster(Mode::Full, &[]).cp;
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl").await;
+    let ns = ns.name();
+    prerequisites(&client, ns).await;
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+
+    apply(
+        cp,
+        &manifest(
+            ns,
+            "0 3 * * *",
+            "https://hooks.example.com/backup-success",
+            false,
+        ),
+    );
+    let vb = wait_for("Ready and NotifierInjected", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        match (condition(&vb, "Ready"), condition(&vb, "NotifierInjected")) {
+            (Some((r, _)), Some((n, _))) if r == "True" && n == "True" => Ok(vb),
+            other => anyhow::bail!("conditions are {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        vb.status.as_ref().unwrap().cron_job_name.as_deref(),
+        Some("my-backup-backup")
+    );
+    assert_eq!(condition(&vb, "Suspended").unwrap().0, "False");
+    let cj = cjs.get("my-backup-backup").await.unwrap();
+    assert_eq!(cj.spec.as_ref().unwrap().schedule, "0 3 * * *");
+    assert_eq!(
+        notifier_env(&cj, "NOTIFY_SUCCESS_URL").as_deref(),
+        Some("https://hooks.example.com/backup-success")
+    );
+    assert_eq!(
+        notifier_env(&cj, "NOTIFY_HOST").as_deref(),
+        Some(format!("{ns}-my-data-pvc").as_str())
+    );
+    let owner = &cj.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("VolumeBackup", Some(true))
+    );
+
+    // Schedule and URL changes reach the CronJob, and the notifier is updated in place.
+    apply(
+        cp,
+        &manifest(
+            ns,
+            "15 4 * * *",
+            "https://hooks.example.com/new-success",
+            false,
+        ),
+    );
+    wait_for("the CronJob to follow", WAIT, || async {
+        let cj = cjs.get("my-backup-backup").await?;
+        let schedule = cj.spec.as_ref().unwrap().schedule.clone();
+        let url = notifier_env(&cj, "NOTIFY_SUCCESS_URL");
+        anyhow::ensure!(
+            schedule == "15 4 * * *"
+                && url.as_deref() == Some("https://hooks.example.com/new-success"),
+            "schedule {schedule}, url {url:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Suspension.
+    apply(
+        cp,
+        &manifest(
+            ns,
+            "15 4 * * *",
+            "https://hooks.example.com/new-success",
+            true,
+        ),
+    );
+    wait_for("suspension", WAIT, || async {
+        let cj = cjs.get("my-backup-backup").await?;
+        let vb = vbs.get("my-backup").await?;
+        anyhow::ensure!(
+            cj.spec.as_ref().unwrap().suspend == Some(true),
+            "CronJob not suspended"
+        );
+        anyhow::ensure!(
+            condition(&vb, "Suspended").map(|c| c.0).as_deref() == Some("True"),
+            "Suspended not True"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Events were recorded for the resource.
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("my-backup"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "Created"),
+        "events: {reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "Updated"),
+        "events: {reasons:?}"
+    );
+
+    // Deleting the VolumeBackup lets the garbage collector remove the CronJob.
+    vbs.delete("my-backup", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for("the CronJob to be garbage-collected", WAIT, || async {
+        anyhow::ensure!(
+            cjs.get_opt("my-backup-backup").await?.is_none(),
+            "CronJob still exists"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
+    let cp = cluster(Mode::Full, &[]).cp;
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-missing").await;
+    let ns = ns.name();
+    secret(&client, ns).await;
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    apply(
+        cp,
+        &manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false),
+    );
+    wait_for("Ready=False VolumeClaimNotFound", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = condition(&vb, "Ready");
+        anyhow::ensure!(
+            ready == Some(("False".into(), "VolumeClaimNotFound".into())),
+            "Ready is {ready:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    wait_for("a VolumeClaimNotFound event", WAIT, || async {
+        let found = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("VolumeClaimNotFound")
+                    && e.type_.as_deref() == Some("Warning")
+            });
+        anyhow::ensure!(found, "no event yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // The claim appears later; the condition clears without restarting anything.
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "my-data-pvc"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    wait_for("Ready=True", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = condition(&vb, "Ready");
+        anyhow::ensure!(
+            ready.as_ref().map(|r| r.0.as_str()) == Some("True"),
+            "Ready is {ready:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,123 @@
+//! The mutating webhook fails open. When it is unavailable while the controller writes a
+//! CronJob, the notifier is missing; `NotifierInjected` must say so (not silently lose
+//! notifications), and the condition must heal once the webhook is back. Its own test binary:
+//! it unregisters the webhook of its control plane for a while.
+
+mod common;
+
+use std::time::Duration;
+
+use backup_operator::crd::VolumeBackup;
+use common::cluster::{Mode, cluster, kubectl_ok, kubectl_stdin, register_webhooks};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use testkit::control_plane::wait_for;
+
+fn manifest(ns: &str, success: &str) -> String {
+    format!(
+        r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {{name: my-backup, namespace: {ns}}}
+spec:
+  volumeClaimRef: {{name: my-data-pvc}}
+  schedule: "0 3 * * *"
+  repository: {{url: "/repo", passwordSecretRef: {{name: restic, key: password}}}}
+  webhooks: {{success: "{success}"}}
+"#
+    )
+}
+
+async fn notifier_injected(vbs: &Api<VolumeBackup>) -> anyhow::Result<(String, String, String)> {
+    let vb = vbs.get("my-backup").await?;
+    let c = vb
+        .status
+        .and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "NotifierInjected")
+        })
+        .ok_or_else(|| anyhow::anyhow!("no NotifierInjected condition yet"))?;
+    Ok((c.status, c.reason, c.message))
+}
+
+#[tokio::test]
+async fn notifier_injected_reports_a_webhook_outage_and_heals() {
+    let c = cluster(Mode::Full, &[]);
+    let client = c.cp.client().await;
+    let ns = c.cp.namespace("outage").await;
+    let ns = ns.name();
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "my-data-pvc"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let apply = |url: &str| {
+        let out = kubectl_stdin(c.cp, &["apply", "-f", "-"], &manifest(ns, url));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let wait = Duration::from_secs(90);
+
+    apply("https://hooks.example.com/one");
+    wait_for("NotifierInjected=True", wait, || async {
+        let (status, ..) = notifier_injected(&vbs).await?;
+        anyhow::ensure!(status == "True", "NotifierInjected is {status}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // The mutating webhook goes away; a change is written without it.
+    kubectl_ok(
+        c.cp,
+        &["delete", "mutatingwebhookconfiguration", "backup-operator"],
+    );
+    apply("https://hooks.example.com/two");
+    let (_, reason, message) = wait_for("NotifierInjected=False", wait, || async {
+        let got = notifier_injected(&vbs).await?;
+        anyhow::ensure!(got.0 == "False", "NotifierInjected is {}", got.0);
+        Ok(got)
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, "NotifierMissing");
+    assert!(message.contains("notifier"), "{message}");
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let warned = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("NotifierMissing") && e.type_.as_deref() == Some("Warning")
+        });
+    assert!(warned, "no NotifierMissing warning event");
+
+    // The webhook is back: the controller's backoff re-applies and the condition heals.
+    register_webhooks(c.cp, &c.operator, &c.certs.join("ca.crt"));
+    wait_for("NotifierInjected=True again", wait, || async {
+        let (status, ..) = notifier_injected(&vbs).await?;
+        anyhow::ensure!(status == "True", "NotifierInjected is {status}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
