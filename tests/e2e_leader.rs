@@ -1,0 +1,193 @@
+//! Two operator replicas against one apiserver: exactly one holds the Lease and reconciles, both
+//! serve admission, and when the leader is killed the other takes over within the lease duration.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{kubectl, kubectl_ok, kubectl_stdin};
+use common::{Operator, dev_certs};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use testkit::control_plane::{ControlPlane, wait_for};
+
+const LEASE: Duration = Duration::from_secs(6);
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    (
+        raw[9..12].parse().unwrap(),
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+async fn metric(op: &Operator, name: &str) -> f64 {
+    let (_, body) = http_get(op.admin, "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn volume_backup(ns: &str, name: &str) -> String {
+    format!(
+        r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  volumeClaimRef: {{name: data}}
+  schedule: "0 3 * * *"
+  repository: {{url: /repo, passwordSecretRef: {{name: restic, key: password}}}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
+    let cp = ControlPlane::shared();
+    kubectl_ok(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/crds.yaml"),
+        ],
+    );
+    kubectl_ok(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/volumebackups.backups.k8s.bnerd.com",
+            "crd/s3backups.backups.k8s.bnerd.com",
+        ],
+    );
+    let _ = kubectl(cp, &["create", "namespace", "backup-operator-system"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = dev_certs(dir.path());
+    let kubeconfig = cp.kubeconfig_path().as_os_str();
+    let start = |id: &str| {
+        Operator::start_with_env(
+            &cert,
+            &key,
+            &["--identity", id, "--lease-duration", "6s"],
+            &[("KUBECONFIG", kubeconfig)],
+        )
+    };
+    let mut replicas = vec![
+        ("replica-a", start("replica-a")),
+        ("replica-b", start("replica-b")),
+    ];
+    let client = cp.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "backup-operator-system");
+    let holder = || async {
+        let lease = leases.get("backup-operator-leader").await?;
+        lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .ok_or_else(|| anyhow::anyhow!("no holder"))
+    };
+    let leader = wait_for("a leader", Duration::from_secs(30), holder)
+        .await
+        .unwrap();
+    let (li, fi) = if leader == "replica-a" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+
+    // Both serve admission, whatever the leadership.
+    for (_, op) in &replicas {
+        assert_eq!(http_get(op.admin, "/readyz").await.0, 200);
+    }
+    let ns = cp.namespace("leader").await;
+    let out = kubectl_stdin(
+        cp,
+        &["apply", "-f", "-"],
+        &volume_backup(ns.name(), "first"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns.name());
+    wait_for(
+        "the leader to create the CronJob",
+        Duration::from_secs(30),
+        || async {
+            anyhow::ensure!(
+                cjs.get_opt("first-backup").await?.is_some(),
+                "no CronJob yet"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(metric(&replicas[li].1, "backup_operator_leader").await, 1.0);
+    assert_eq!(metric(&replicas[fi].1, "backup_operator_leader").await, 0.0);
+    assert!(metric(&replicas[li].1, "backup_operator_reconciles_total").await >= 1.0);
+    assert_eq!(
+        metric(&replicas[fi].1, "backup_operator_reconciles_total").await,
+        0.0,
+        "the follower reconciled"
+    );
+
+    // Kill the leader without a chance to release the Lease (what a node failure looks like).
+    replicas[li].1.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let follower = replicas[fi].0;
+    wait_for(
+        "the follower to take over",
+        LEASE + Duration::from_secs(10),
+        || async {
+            let h = holder().await?;
+            anyhow::ensure!(h == follower, "holder is {h}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let took = killed.elapsed();
+    eprintln!("takeover after {took:?} (lease duration {LEASE:?})");
+    assert!(
+        took <= LEASE + Duration::from_secs(2),
+        "takeover took {took:?}"
+    );
+
+    let out = kubectl_stdin(
+        cp,
+        &["apply", "-f", "-"],
+        &volume_backup(ns.name(), "second"),
+    );
+    assert!(out.status.success());
+    wait_for(
+        "the new leader to reconcile",
+        Duration::from_secs(30),
+        || async {
+            anyhow::ensure!(
+                cjs.get_opt("second-backup").await?.is_some(),
+                "no CronJob yet"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(metric(&replicas[fi].1, "backup_operator_leader").await, 1.0);
+    replicas.clear();
+}
