@@ -21,8 +21,10 @@ pub struct PemPair {
 
 fn validity(params: &mut CertificateParams, valid_for: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    // Tolerate clock skew between this host and the apiserver.
-    params.not_before = now - time::Duration::minutes(5);
+    // Tolerate clock skew between this host and the apiserver, without stretching short-lived
+    // certificates (renewal is computed from the whole lifetime).
+    let skew = (valid_for / 10).min(Duration::from_secs(300));
+    params.not_before = now - skew;
     params.not_after = now + valid_for;
 }
 
@@ -92,6 +94,22 @@ pub fn issue_serving(
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+/// `(not_before, not_after)` of a DER certificate, as Unix seconds.
+pub fn validity_der(der: &[u8]) -> Result<(i64, i64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("the certificate cannot be parsed: {e}"))?;
+    let v = parsed.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// `(not_before, not_after)` of the first certificate in a PEM bundle.
+pub fn validity_pem(pem: &str) -> Result<(i64, i64)> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).context("no PEM certificate")?;
+    validity_der(&der)
 }
 
 /// The DNS names a Service's clients use: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`.

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod cert_rotation;
 pub mod certs;
 pub mod contract;
 pub mod controller;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Health};
 use crate::admission::{self, AdmissionState};
+use crate::cert_rotation::RotationConfig;
 use crate::controller::{self, ControllerArgs};
 use crate::inject::{InjectorArgs, InjectorConfig};
 use crate::metrics::Metrics;
@@ -30,12 +31,31 @@ pub struct ServeArgs {
         default_value = "0.0.0.0:8080"
     )]
     pub admin_listen: SocketAddr,
-    /// PEM certificate chain served on --listen. Reloaded when it changes.
-    #[arg(long, env = "BACKUP_OPERATOR_TLS_CERT", value_name = "PATH")]
-    pub tls_cert: PathBuf,
+    /// PEM certificate chain served on --listen. Reloaded when it changes (cert-manager or any
+    /// mounted Secret). Either this and --tls-key, or --tls-secret.
+    #[arg(
+        long,
+        env = "BACKUP_OPERATOR_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key",
+        required_unless_present = "tls_secret"
+    )]
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert. Reloaded when it changes.
-    #[arg(long, env = "BACKUP_OPERATOR_TLS_KEY", value_name = "PATH")]
-    pub tls_key: PathBuf,
+    #[arg(
+        long,
+        env = "BACKUP_OPERATOR_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Self-managed certificates: serve the certificate in this Secret (in --lease-namespace),
+    /// which the leader creates, rotates ahead of expiry, and whose CA it writes into both webhook
+    /// configurations.
+    #[arg(long, env = "BACKUP_OPERATOR_TLS_SECRET", value_name = "NAME", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_secret: Option<String>,
+    #[command(flatten)]
+    pub certs: SelfManagedArgs,
     /// How often the certificate files are re-read in addition to file events (mounted Secrets
     /// change through a symlink swap that file events can miss).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -57,6 +77,29 @@ pub struct ServeArgs {
     pub controller: ControllerArgs,
 }
 
+/// Settings of self-managed certificates (`--tls-secret`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct SelfManagedArgs {
+    /// Service in front of the webhooks; its in-cluster names go into the serving certificate.
+    #[arg(long, default_value = "backup-operator")]
+    pub service_name: String,
+    /// Extra DNS name for the serving certificate. Repeatable.
+    #[arg(long = "cert-dns", value_name = "NAME")]
+    pub cert_dns: Vec<String>,
+    /// IP address for the serving certificate (for webhooks registered by URL). Repeatable.
+    #[arg(long = "cert-ip", value_name = "IP")]
+    pub cert_ips: Vec<std::net::IpAddr>,
+    /// Lifetime of a generated CA; it is rotated when a third is left.
+    #[arg(long, default_value = "87600h", value_parser = parse_duration)]
+    pub ca_validity: Duration,
+    /// Lifetime of a serving certificate; it is renewed when a third is left.
+    #[arg(long, default_value = "2160h", value_parser = parse_duration)]
+    pub cert_validity: Duration,
+    /// Name of the Validating- and MutatingWebhookConfiguration that receive the CA bundle.
+    #[arg(long, default_value = crate::webhook_config::NAME)]
+    pub webhook_configuration: String,
+}
+
 /// Go-style durations (`10s`, `1m30s`), as in every Kubernetes flag.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: kube::core::Duration = s
@@ -69,17 +112,51 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    let cert = tls::load(&args.tls_cert, &args.tls_key)?;
     let metrics = Metrics::default();
-    metrics.tls_not_after.set(cert.not_after);
-    tracing::info!(not_after = %tls::format_unix(cert.not_after), "loaded the serving certificate");
-    let store = tls::CertStore::new(cert);
+    let store = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert = tls::load(cert, key)?;
+            metrics.tls_not_after.set(cert.not_after);
+            tracing::info!(not_after = %tls::format_unix(cert.not_after), "loaded the serving certificate");
+            tls::CertStore::new(cert)
+        }
+        // Self-managed: empty until the Secret is read, so not ready until then.
+        _ => tls::CertStore::default(),
+    };
 
-    let client = if args.no_controller {
+    let client = if args.no_controller && args.tls_secret.is_none() {
         None
     } else {
         Some(connect().await?)
     };
+    let rotation = args.tls_secret.as_ref().map(|secret| {
+        let namespace = args.controller.lease_namespace.clone();
+        let mut dns_names = crate::certs::service_dns_names(&args.certs.service_name, &namespace);
+        dns_names.extend(args.certs.cert_dns.iter().cloned());
+        RotationConfig {
+            namespace,
+            secret: secret.clone(),
+            webhook_configuration: args.certs.webhook_configuration.clone(),
+            dns_names,
+            ips: args.certs.cert_ips.clone(),
+            ca_validity: args.certs.ca_validity,
+            cert_validity: args.certs.cert_validity,
+        }
+    });
+    if let (Some(cfg), Some(client)) = (&rotation, &client) {
+        let secrets = kube::Api::namespaced(client.clone(), &cfg.namespace);
+        tokio::spawn(tls::watch_secret(
+            store.clone(),
+            secrets,
+            cfg.secret.clone(),
+            metrics.clone(),
+        ));
+        if args.no_controller {
+            tracing::warn!(
+                "--tls-secret with --no-controller: this replica serves the Secret's certificate but never renews it; a replica with the controller must run"
+            );
+        }
+    }
 
     let https_listener = https::bind(args.listen).await?;
     let https_addr = https_listener
@@ -102,20 +179,23 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     });
     let health = Arc::new(Health::new(https_addr, metrics.clone())?);
 
-    tokio::spawn(tls::watch(
-        store.clone(),
-        args.tls_cert.clone(),
-        args.tls_key.clone(),
-        args.tls_reload_interval,
-        metrics.clone(),
-    ));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tokio::spawn(tls::watch(
+            store.clone(),
+            cert.clone(),
+            key.clone(),
+            args.tls_reload_interval,
+            metrics.clone(),
+        ));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(signals(stop_tx, health.clone()));
-    let controller = client.map(|client| {
+    let controller = client.filter(|_| !args.no_controller).map(|client| {
         tokio::spawn(controller::run(
             client,
             args.controller.clone(),
+            rotation,
             metrics.clone(),
             stop_rx.clone(),
         ))

@@ -45,9 +45,7 @@ pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert> {
     let leaf = chain
         .first()
         .ok_or_else(|| anyhow!("the certificate file holds no CERTIFICATE block"))?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| anyhow!("the certificate cannot be parsed: {e}"))?;
-    let not_after = parsed.validity().not_after.timestamp();
+    let (_, not_after) = crate::certs::validity_der(leaf)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .context("the key file holds no valid PEM private key")?;
     let signing_key = any_supported_type(&key).context("unsupported private key type")?;
@@ -67,10 +65,12 @@ pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert> {
     })
 }
 
-/// Hands every TLS handshake the certificate currently loaded.
-#[derive(Clone)]
+/// Hands every TLS handshake the certificate currently loaded. Empty until the first one
+/// arrives (self-managed mode, before the leader has written the Secret): handshakes then fail,
+/// and so does readiness.
+#[derive(Clone, Default)]
 pub struct CertStore {
-    current: Arc<RwLock<Arc<LoadedCert>>>,
+    current: Arc<RwLock<Option<Arc<LoadedCert>>>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -82,11 +82,11 @@ impl std::fmt::Debug for CertStore {
 impl CertStore {
     pub fn new(cert: LoadedCert) -> Self {
         CertStore {
-            current: Arc::new(RwLock::new(Arc::new(cert))),
+            current: Arc::new(RwLock::new(Some(Arc::new(cert)))),
         }
     }
 
-    pub fn current(&self) -> Arc<LoadedCert> {
+    pub fn current(&self) -> Option<Arc<LoadedCert>> {
         // A poisoned lock still holds a valid certificate: keep serving it.
         match self.current.read() {
             Ok(guard) => guard.clone(),
@@ -100,17 +100,20 @@ impl CertStore {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if guard.fingerprint == cert.fingerprint {
+        if guard
+            .as_ref()
+            .is_some_and(|c| c.fingerprint == cert.fingerprint)
+        {
             return false;
         }
-        *guard = Arc::new(cert);
+        *guard = Some(Arc::new(cert));
         true
     }
 }
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current().key.clone())
+        self.current().map(|c| c.key.clone())
     }
 }
 
@@ -161,7 +164,12 @@ pub async fn watch(
 }
 
 fn reload(store: &CertStore, cert_path: &Path, key_path: &Path, metrics: &Metrics) {
-    match load(cert_path, key_path) {
+    install(store, load(cert_path, key_path), metrics);
+}
+
+/// Puts a freshly read certificate into `store`, or keeps the one in use when reading failed.
+pub fn install(store: &CertStore, cert: Result<LoadedCert>, metrics: &Metrics) {
+    match cert {
         Ok(cert) => {
             let not_after = cert.not_after;
             if store.replace(cert) {
@@ -216,4 +224,37 @@ pub fn format_unix(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0)
         .map(|t| t.to_rfc3339())
         .unwrap_or_else(|| ts.to_string())
+}
+
+/// Self-managed mode: keeps `store` in step with the serving certificate in a Secret (keys
+/// `tls.crt`, `tls.key`), through a watch, so every replica follows a rotation within a second.
+pub async fn watch_secret(
+    store: CertStore,
+    api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    name: String,
+    metrics: Metrics,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(secret) => {
+                let data = secret.data.unwrap_or_default();
+                let (Some(cert), Some(key)) = (data.get("tls.crt"), data.get("tls.key")) else {
+                    tracing::warn!(secret = %name, "the certificate Secret has no tls.crt/tls.key yet");
+                    continue;
+                };
+                install(
+                    &store,
+                    from_pem(&cert.0, &key.0).with_context(|| format!("Secret {name}")),
+                    &metrics,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "watching the certificate Secret failed; retrying")
+            }
+        }
+    }
 }

@@ -19,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use tokio::sync::watch;
 
+use crate::cert_rotation::RotationConfig;
 use crate::crd::{S3Backup, VolumeBackup};
 use crate::metrics::{BackupLabels, Metrics};
 use job_template::{JobArgs, labels};
@@ -57,6 +58,7 @@ fn identity(args: &ControllerArgs) -> String {
 pub async fn run(
     client: kube::Client,
     args: ControllerArgs,
+    rotation: Option<RotationConfig>,
     metrics: Metrics,
     stop: watch::Receiver<bool>,
 ) {
@@ -103,7 +105,8 @@ pub async fn run(
         let done = futures::future::FutureExt::shared(done);
         let vb = controller::<VolumeBackup>(ctx.clone(), done.clone());
         let s3 = controller::<S3Backup>(ctx.clone(), done.clone());
-        tokio::join!(vb, s3);
+        let certs = rotate_certificates(ctx.client.clone(), rotation.clone(), done.clone());
+        tokio::join!(vb, s3, certs);
         metrics.leader.set(0);
         tracing::info!("controllers stopped");
         if *stop.borrow() {
@@ -143,6 +146,29 @@ async fn controller<K>(
         })
         .await;
     let _ = pruner.await;
+}
+
+/// The leader's certificate duties (self-managed mode), until `done`.
+async fn rotate_certificates(
+    client: kube::Client,
+    cfg: Option<RotationConfig>,
+    done: impl std::future::Future<Output = ()>,
+) {
+    let Some(cfg) = cfg else { return };
+    tokio::pin!(done);
+    loop {
+        let next = match crate::cert_rotation::reconcile(&client, &cfg).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "certificate management failed; retrying");
+                cfg.step()
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            _ = &mut done => return,
+        }
+    }
 }
 
 /// Drops metric series of deleted resources (reconcile never sees a deletion). The first

@@ -88,14 +88,27 @@ impl Operator {
         args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Operator {
+        let mut all: Vec<&std::ffi::OsStr> = vec![
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        Self::spawn(&all, env)
+    }
+
+    /// Self-managed certificates: the arguments name the Secret (`--tls-secret`).
+    pub fn start_self_managed(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Operator {
+        let all: Vec<&std::ffi::OsStr> = args.iter().map(|a| std::ffi::OsStr::new(*a)).collect();
+        Self::spawn(&all, env)
+    }
+
+    fn spawn(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Operator {
         let started = Instant::now();
         let mut cmd = Command::new(OPERATOR);
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
