@@ -1,6 +1,6 @@
 //! The generated files under manifests/ are exactly what the binary prints: regenerate them with
 //! `backup-operator crds > manifests/crds/crds.yaml` and
-//! `backup-operator webhooks > manifests/webhooks.yaml`.
+//! `backup-operator webhooks > manifests/install/webhooks.yaml`.
 
 use std::process::Command;
 
@@ -30,5 +30,5 @@ fn crds_are_the_output_of_backup_operator_crds() {
 
 #[test]
 fn webhook_configurations_are_the_output_of_backup_operator_webhooks() {
-    assert_generated(&["webhooks"], "manifests/webhooks.yaml");
+    assert_generated(&["webhooks"], "manifests/install/webhooks.yaml");
 }

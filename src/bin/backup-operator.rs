@@ -27,7 +27,7 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print both CustomResourceDefinitions as YAML (manifests/crds/ is this output).
     Crds,
-    /// Print the Validating- and MutatingWebhookConfiguration as YAML (manifests/webhooks.yaml is
+    /// Print the Validating- and MutatingWebhookConfiguration as YAML (manifests/install/webhooks.yaml is
     /// this output for the in-cluster Service).
     Webhooks(WebhooksArgs),
     /// Certificates for development and tests.

@@ -105,12 +105,8 @@ pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], yaml: &str) -> std::proce
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
+    // kubectl may exit before reading everything (a usage error); its stderr tells why.
+    let _ = child.stdin.take().unwrap().write_all(yaml.as_bytes());
     child.wait_with_output().unwrap()
 }
 

@@ -1,0 +1,305 @@
+//! Issue 7 on the real control plane: the kustomize install (and the cert-manager overlay, for
+//! every object whose API the control plane serves) passes server-side dry-run; and the
+//! operator, running with nothing but the ServiceAccount and RBAC of manifests/, does its whole
+//! job: leader Lease, self-managed certificate Secret, caBundle injection, CronJobs, status.
+
+mod common;
+
+use std::time::Duration;
+
+use backup_operator::crd::VolumeBackup;
+use common::cluster::{kubectl, kubectl_ok, kubectl_stdin};
+use common::{OPERATOR, Operator};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use testkit::control_plane::{ControlPlane, wait_for};
+
+const NS: &str = "backup-operator-system";
+
+fn repo(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Objects of `yaml` (a stream) whose API the control plane serves.
+fn served_only(cp: &ControlPlane, yaml: &str) -> (String, Vec<String>) {
+    let served = kubectl_ok(cp, &["api-resources", "-o", "name"]);
+    let kinds = kubectl_ok(cp, &["api-resources", "--no-headers"]);
+    let mut kept = String::new();
+    let mut skipped = Vec::new();
+    for doc in yaml.split("\n---") {
+        let kind = doc
+            .lines()
+            .find_map(|l| l.strip_prefix("kind: "))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        if kind.is_empty() {
+            continue;
+        }
+        let known = kinds
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(kind.as_str()));
+        if known {
+            kept.push_str("---\n");
+            kept.push_str(doc.trim_start_matches('-').trim_start());
+            kept.push('\n');
+        } else {
+            skipped.push(kind);
+        }
+    }
+    assert!(!served.is_empty());
+    (kept, skipped)
+}
+
+#[tokio::test]
+async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
+    let cp = ControlPlane::shared();
+    // A dry run does not create the namespace the other objects go into.
+    let _ = kubectl(cp, &["create", "namespace", NS]);
+    let out = kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-k",
+            &repo("manifests"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "dry-run of manifests/ failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let overlay = kubectl_ok(cp, &["kustomize", &repo("manifests/overlays/cert-manager")]);
+    let (kept, skipped) = served_only(cp, &overlay);
+    assert_eq!(
+        skipped,
+        ["Certificate", "Issuer"],
+        "only cert-manager's own kinds may be skipped"
+    );
+    let out = kubectl_stdin(
+        cp,
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        &kept,
+    );
+    assert!(
+        out.status.success(),
+        "dry-run of the cert-manager overlay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Install for real (the Deployment's pods never run here: no kubelet), then run the
+    // operator locally with the ServiceAccount's token instead of admin credentials.
+    let out = kubectl(cp, &["apply", "--server-side", "-k", &repo("manifests")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kubectl_ok(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/volumebackups.backups.k8s.bnerd.com",
+        ],
+    );
+    let token = kubectl_ok(
+        cp,
+        &[
+            "create",
+            "token",
+            "backup-operator",
+            "-n",
+            NS,
+            "--duration",
+            "1h",
+        ],
+    );
+    let server = kubectl_ok(
+        cp,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    );
+    let ca = kubectl_ok(
+        cp,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority}",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sa_kubeconfig = dir.path().join("sa-kubeconfig");
+    std::fs::write(
+        &sa_kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: {server}, certificate-authority: {ca}}}}}]\nusers: [{{name: sa, user: {{token: {}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: sa}}}}]\ncurrent-context: c\n",
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let op = Operator::start_self_managed(
+        &[
+            "--tls-secret",
+            "backup-operator-tls",
+            "--cert-ip",
+            "127.0.0.1",
+            "--lease-duration",
+            "6s",
+        ],
+        &[("KUBECONFIG", sa_kubeconfig.as_os_str())],
+    );
+    // The apiserver cannot reach the in-cluster Service here: point both webhooks at the
+    // process, keeping the configurations (and their caBundle, which the operator injects).
+    let url = format!("https://{}", op.https);
+    for (kind, path) in [
+        ("validatingwebhookconfiguration", "/validate"),
+        ("mutatingwebhookconfiguration", "/mutate"),
+    ] {
+        let hooks = kubectl_ok(
+            cp,
+            &[
+                "get",
+                kind,
+                "backup-operator",
+                "-o",
+                "jsonpath={range .webhooks[*]}{.name}{\"\\n\"}{end}",
+            ],
+        );
+        let ops: Vec<_> = hooks
+            .lines()
+            .enumerate()
+            .flat_map(|(i, _)| {
+                vec![
+                    json!({"op": "remove", "path": format!("/webhooks/{i}/clientConfig/service")}),
+                    json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/url"), "value": format!("{url}{path}")}),
+                ]
+            })
+            .collect();
+        kubectl_ok(
+            cp,
+            &[
+                "patch",
+                kind,
+                "backup-operator",
+                "--type=json",
+                "-p",
+                &serde_json::to_string(&ops).unwrap(),
+            ],
+        );
+    }
+
+    let client = cp.client().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        "the certificate Secret",
+        Duration::from_secs(30),
+        || async {
+            secrets
+                .get_opt("backup-operator-tls")
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no Secret; operator log:\n{}", op.log()))
+        },
+    )
+    .await
+    .unwrap();
+    let ns = cp.namespace("install").await;
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns.name())
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns.name())
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let manifest = |failure: &str| {
+        format!(
+            "apiVersion: backups.k8s.bnerd.com/v1\nkind: VolumeBackup\nmetadata: {{name: nightly, namespace: {}}}\nspec:\n  volumeClaimRef: {{name: data}}\n  schedule: \"0 3 * * *\"\n  repository: {{url: /repo, passwordSecretRef: {{name: restic, key: password}}}}\n  webhooks: {{failure: \"{failure}\"}}\n",
+            ns.name()
+        )
+    };
+    // Rejected by the webhook once its CA is injected.
+    wait_for(
+        "the webhook to reject a bad URL",
+        Duration::from_secs(60),
+        || async {
+            let out = kubectl_stdin(
+                cp,
+                &["apply", "-f", "-"],
+                &manifest("https://169.254.169.254/x"),
+            );
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            anyhow::ensure!(
+                !out.status.success() && err.contains("notifications cannot be sent there"),
+                "{err}"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let out = kubectl_stdin(
+        cp,
+        &["apply", "-f", "-"],
+        &manifest("https://hooks.example.com/fail"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns.name());
+    wait_for(
+        "Ready and NotifierInjected with only the operator's RBAC",
+        Duration::from_secs(60),
+        || async {
+            let vb = vbs.get("nightly").await?;
+            let conds = vb.status.map(|s| s.conditions).unwrap_or_default();
+            let ok = |t: &str| conds.iter().any(|c| c.type_ == t && c.status == "True");
+            anyhow::ensure!(
+                ok("Ready") && ok("NotifierInjected"),
+                "conditions {conds:?}; operator log:\n{}",
+                op.log()
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        Api::<CronJob>::namespaced(client.clone(), ns.name())
+            .get_opt("nightly-backup")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        !op.log().contains("forbidden"),
+        "RBAC denied something:\n{}",
+        op.log()
+    );
+    let _ = OPERATOR;
+}
