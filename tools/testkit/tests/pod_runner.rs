@@ -256,6 +256,73 @@ fn main_container_killed_through_the_handle_reports_signal_9() {
     assert_eq!(report.phase, PodPhase::Failed);
 }
 
+fn alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid.trim()).exists()
+}
+
+#[test]
+fn processes_left_behind_by_a_container_are_killed_with_it() {
+    let dirs = Dirs::new();
+    let yaml = format!(
+        "{DATA_VOLUME}
+containers:
+- name: main
+  image: busybox
+  command: [sh, -c, 'sleep 60 & echo $! > /data/background; exit 0']
+  volumeMounts: [{{name: data, mountPath: /data}}]
+"
+    );
+    let report = run(dirs.config(), &yaml);
+    assert_eq!(report.phase, PodPhase::Succeeded, "{report:#?}");
+    let pid = dirs.data("background");
+    let deadline = Instant::now() + 5 * SECOND;
+    while alive(&pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(&pid),
+        "background process {} survived its container",
+        pid.trim()
+    );
+}
+
+#[test]
+fn dropping_the_handle_kills_the_pod() {
+    let dirs = Dirs::new();
+    // `$$$$` is `$$` after Kubernetes expansion: the shell's pid.
+    let yaml = format!(
+        "{DATA_VOLUME}
+initContainers:
+- name: side
+  image: busybox
+  restartPolicy: Always
+  command: [sh, -c, 'trap \"\" TERM; echo $$$$ > /data/side; while true; do sleep 0.05; done']
+  volumeMounts: [{{name: data, mountPath: /data}}]
+containers:
+- name: main
+  image: busybox
+  command: [sh, -c, 'echo $$$$ > /data/main; exec sleep 60']
+  volumeMounts: [{{name: data, mountPath: /data}}]
+"
+    );
+    let runner = PodRunner::new(dirs.config()).unwrap();
+    let handle = runner.start(&spec(&yaml)).unwrap();
+    handle.wait_running("main", 10 * SECOND).unwrap();
+    let deadline = Instant::now() + 5 * SECOND;
+    while !(dirs.data.path().join("main").exists() && dirs.data.path().join("side").exists())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (main, side) = (dirs.data("main"), dirs.data("side"));
+    assert!(alive(&main) && alive(&side));
+    let began = Instant::now();
+    drop(handle);
+    // No grace period on abort: SIGKILL at once, even for a sidecar that ignores SIGTERM.
+    assert!(began.elapsed() < 5 * SECOND, "{:?}", began.elapsed());
+    assert!(!alive(&main) && !alive(&side));
+}
+
 #[test]
 fn signalling_an_unknown_or_finished_container_is_an_error() {
     let dirs = Dirs::new();
@@ -834,6 +901,14 @@ containers:
   - {{name: secret-vol, mountPath: /secret}}
   - {{name: cm-vol, mountPath: /cm}}
 "
+    );
+    let missing = start_error(
+        config.clone(),
+        "containers: [{name: m, image: busybox, command: ['true'], envFrom: [{secretRef: {name: absent}}]}]",
+    );
+    assert!(
+        missing.contains(&format!("envFrom secret {namespace}/absent does not exist")),
+        "{missing}"
     );
     let report = run(config, &yaml);
     runtime.block_on(async {

@@ -37,8 +37,9 @@ pub fn load_manifest(path: &Path) -> Result<PodManifest> {
 /// Parses a manifest from JSON or YAML text.
 pub fn parse_manifest(text: &str) -> Result<PodManifest> {
     // YAML is a superset of JSON, so one parser reads both.
-    let doc: Value = serde_yaml_ng::from_str(text)
+    let mut doc: Value = serde_yaml_ng::from_str(text)
         .map_err(|e| anyhow::anyhow!("not a single JSON or YAML document: {e}"))?;
+    octal_modes(&mut doc);
     let Value::Object(_) = doc else {
         bail!("the document is not an object");
     };
@@ -97,6 +98,30 @@ pub fn parse_manifest(text: &str) -> Result<PodManifest> {
     })
 }
 
+/// kubectl reads YAML 1.1, where `defaultMode: 0400` is octal; the YAML 1.2 parser here keeps
+/// such a value as the string "0400". Convert file modes back so manifests mean the same.
+fn octal_modes(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "defaultMode" || key == "mode" {
+                    if let Some(mode) = v
+                        .as_str()
+                        .and_then(|s| s.strip_prefix("0o").or_else(|| s.strip_prefix('0')))
+                        .and_then(|digits| u32::from_str_radix(digits, 8).ok())
+                    {
+                        *v = Value::from(mode);
+                    }
+                } else {
+                    octal_modes(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(octal_modes),
+        _ => {}
+    }
+}
+
 fn str_at(meta: Option<&Value>, key: &str) -> Option<String> {
     meta?.get(key)?.as_str().map(str::to_owned)
 }
@@ -142,6 +167,26 @@ mod tests {
         assert_eq!(spec.kind, "PodSpec");
         let tmpl = parse_manifest("spec: {containers: [{name: c}]}").unwrap();
         assert_eq!(tmpl.kind, "PodTemplateSpec");
+    }
+
+    #[test]
+    fn yaml_file_modes_are_octal_like_kubectl() {
+        let pod = parse_manifest(
+            "volumes: [{name: s, secret: {secretName: x, defaultMode: 0400, items: [{key: k, path: p, mode: 0o755}]}}]\ncontainers: [{name: c}]",
+        )
+        .unwrap();
+        let secret = pod.spec.volumes.unwrap()[0].secret.clone().unwrap();
+        assert_eq!(secret.default_mode, Some(0o400));
+        assert_eq!(secret.items.unwrap()[0].mode, Some(0o755));
+        let json = parse_manifest(r#"{"volumes":[{"name":"s","configMap":{"name":"x","defaultMode":420}}],"containers":[{"name":"c"}]}"#).unwrap();
+        assert_eq!(
+            json.spec.volumes.unwrap()[0]
+                .config_map
+                .clone()
+                .unwrap()
+                .default_mode,
+            Some(420)
+        );
     }
 
     #[test]
