@@ -79,8 +79,23 @@ pub(crate) fn fetch(
 }
 
 async fn fetch_async(kubeconfig: &Path, namespace: &str, wanted: Wanted) -> Result<ClusterObjects> {
-    let file = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("cannot read kubeconfig {}", kubeconfig.display()))?;
+    // Like KUBECONFIG for kubectl, a ':'-separated list is merged, missing files skipped.
+    let mut file: Option<Kubeconfig> = None;
+    for path in std::env::split_paths(kubeconfig.as_os_str()) {
+        if path.as_os_str().is_empty() || !path.exists() {
+            continue;
+        }
+        let next = Kubeconfig::read_from(&path)
+            .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+        file = Some(match file {
+            None => next,
+            Some(first) => first
+                .merge(next)
+                .with_context(|| format!("cannot merge kubeconfig {}", path.display()))?,
+        });
+    }
+    let file =
+        file.with_context(|| format!("kubeconfig {} does not exist", kubeconfig.display()))?;
     let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("kubeconfig {} is not usable", kubeconfig.display()))?;
