@@ -385,6 +385,54 @@ containers:
 }
 
 #[test]
+fn sub_paths_file_mounts_groups_proc_and_dev() {
+    let dirs = Dirs::new();
+    std::fs::write(dirs.data.path().join("app.conf"), "setting=1\n").unwrap();
+    let yaml = format!(
+        "{DATA_VOLUME}
+- name: scratch
+  emptyDir: {{}}
+securityContext: {{fsGroup: 2000, supplementalGroups: [3000]}}
+initContainers:
+- name: writer
+  image: busybox
+  command: [sh, -c, 'echo deep > /sub/x']
+  volumeMounts: [{{name: scratch, mountPath: /sub, subPath: a/b}}]
+containers:
+- name: main
+  image: busybox
+  securityContext: {{runAsUser: 1000, runAsGroup: 1500}}
+  command:
+  - sh
+  - -c
+  - |
+    set -e
+    test \"$(cat /full/a/b/x)\" = deep
+    test \"$(cat /etc/app.conf)\" = setting=1
+    test \"$(id -g)\" = 1500
+    for g in 1500 2000 3000; do id -G | tr ' ' '\\n' | grep -qx $g; done
+    test -r /proc/self/status
+    grep -q '^Uid:.*1000' /proc/self/status
+    echo discarded > /dev/null
+    echo ok > /data/result
+  volumeMounts:
+  - {{name: scratch, mountPath: /full}}
+  - {{name: data, mountPath: /etc/app.conf, subPath: app.conf, readOnly: true}}
+  - {{name: data, mountPath: /data}}
+"
+    );
+    let report = run(dirs.config(), &yaml);
+    assert_eq!(
+        report.phase,
+        PodPhase::Succeeded,
+        "{report:#?}\n{}",
+        dirs.log("main")
+    );
+    assert_eq!(dirs.data("result"), "ok\n");
+    assert!(!Path::new("/etc/app.conf").exists());
+}
+
+#[test]
 fn read_only_volume_mounts_are_read_only() {
     let dirs = Dirs::new();
     std::fs::write(dirs.data.path().join("existing"), "keep").unwrap();

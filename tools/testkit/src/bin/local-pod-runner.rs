@@ -61,10 +61,10 @@ restarts, log path, and the pod phase) goes to --report.
 
 EXIT STATUS: 0 the pod Succeeded, 1 the pod Failed, 2 usage or configuration error.
 
-EXAMPLE:
-  local-pod-runner cronjob.yaml \\
-    --image 'registry.example/backup-operator=/usr/local/bin/backup-notifier:./target/debug/backup-notifier' \\
-    --host-image 'restic/*' --pvc data=/srv/data --report -";
+EXAMPLE (the operator's image gets the notifier binary; restic runs from the host):
+  IMG=registry.example/backup-operator
+  local-pod-runner cronjob.yaml --report - --host-image 'restic/*' --pvc data=/srv/data \\
+    --image \"$IMG=/usr/local/bin/backup-notifier:target/debug/backup-notifier\"";
 
 #[derive(Parser, Debug)]
 #[command(name = "local-pod-runner", version, about = ABOUT, long_about = LONG_ABOUT)]
