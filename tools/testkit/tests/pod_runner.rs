@@ -840,6 +840,7 @@ spec:
 #[test]
 fn cli_configuration_errors_exit_2_with_one_line() {
     let dirs = Dirs::new();
+    let tmp = tempfile::tempdir().unwrap();
     let manifest = dirs.out.path().join("pod.yaml");
     std::fs::write(
         &manifest,
@@ -860,12 +861,18 @@ fn cli_configuration_errors_exit_2_with_one_line() {
             "novalue".into(),
         ],
     ] {
-        let output = cli().args(&args).output().unwrap();
+        let output = cli()
+            .args(&args)
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("local-pod-runner: error: "), "{stderr}");
     }
+    // The default output directory of a run that never started is not left behind.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     let help = cli().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(

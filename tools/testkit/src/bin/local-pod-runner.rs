@@ -132,7 +132,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    let mut default_output_dir = None;
+    let result = run(args, &mut default_output_dir);
+    if result.is_err()
+        && let Some(dir) = default_output_dir
+    {
+        // Only removes it if empty: a configuration error leaves no trace.
+        let _ = std::fs::remove_dir(dir);
+    }
+    match result {
         Ok(PodPhase::Succeeded) => ExitCode::SUCCESS,
         Ok(PodPhase::Failed) => ExitCode::from(1),
         Err(e) => {
@@ -142,15 +150,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<PodPhase> {
+fn run(args: Args, default_output_dir: &mut Option<PathBuf>) -> Result<PodPhase> {
     let manifest = load_manifest(&args.manifest)?;
     let output_dir = match args.output_dir {
         Some(dir) => dir,
-        None => tempfile::Builder::new()
-            .prefix("local-pod-runner-out-")
-            .tempdir()
-            .context("cannot create an output directory")?
-            .keep(),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("local-pod-runner-out-")
+                .tempdir()
+                .context("cannot create an output directory")?
+                .keep();
+            *default_output_dir = Some(dir.clone());
+            dir
+        }
     };
     let mut config = RunnerConfig::new(output_dir);
     config.apply_manifest(&manifest);

@@ -15,6 +15,19 @@
 //!    first SIGTERM; whatever still runs then gets SIGKILL;
 //! 4. the pod Succeeded if every regular container exited 0, else Failed.
 //!
+//! Differences from a kubelet that tests must keep in mind:
+//! - no PID namespace: the main process is not PID 1, so a shell without a SIGTERM trap dies of
+//!   SIGTERM (in a real container PID 1 ignores signals it has no handler for). Each container
+//!   is its own session/process group, and what is left of the group is SIGKILLed when the main
+//!   process exits, as the end of a PID namespace would;
+//! - no network namespace: containers share the host's network, `localhost` included;
+//! - no cgroups (resources are ignored), no `/sys`, probes are ignored (with a warning),
+//!   lifecycle hooks are rejected; a sidecar counts as started when its exec succeeded;
+//! - `OnFailure` does not restart failed containers; `restartPolicy: Always` pods are rejected;
+//! - `fsGroup` and `supplementalGroups` only become supplementary groups (no chown of volumes);
+//!   an emptyDir with `medium: Memory` is a directory like any other;
+//! - needs root, Linux >= 5.12 (pidfd, mount_setattr) and overlayfs.
+//!
 //! The API is synchronous (threads, no async runtime needed by the caller):
 //!
 //! ```no_run
