@@ -881,6 +881,106 @@ fn cli_configuration_errors_exit_2_with_one_line() {
     );
 }
 
+/// Starts the CLI on a pod whose container records its pid and sleeps; returns the CLI process
+/// and the container's pid.
+fn cli_with_sleeping_pod(dirs: &Dirs, tmp: &Path) -> (std::process::Child, String) {
+    let manifest = dirs.out.path().join("sleepy.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{DATA_VOLUME}
+containers:
+- name: sleepy
+  image: busybox
+  command: [sh, -c, 'echo $$$$ > /data/pid.tmp; mv /data/pid.tmp /data/pid; exec sleep 60']
+  volumeMounts: [{{name: data, mountPath: /data}}]
+"
+        ),
+    )
+    .unwrap();
+    let child = cli()
+        .arg(&manifest)
+        .args(["--host-image", "*", "--quiet", "-o"])
+        .arg(dirs.out.path().join("logs"))
+        .arg("--report")
+        .arg(dirs.out.path().join("report.json"))
+        .arg("--pvc")
+        .arg(format!("data={}", dirs.data.path().display()))
+        .env("TMPDIR", tmp)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + 10 * SECOND;
+    while !dirs.data.path().join("pid").exists() {
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, dirs.data("pid"))
+}
+
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the runner did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_gone(pid: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn cli_sigterm_kills_the_pod_and_still_reports() {
+    let dirs = Dirs::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut runner, pid) = cli_with_sleeping_pod(&dirs, tmp.path());
+    assert!(alive(&pid));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(runner.id() as libc::pid_t, libc::SIGTERM) };
+    let status = wait_with_timeout(&mut runner, 10 * SECOND);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        wait_gone(&pid, 5 * SECOND),
+        "container {pid} outlived the runner"
+    );
+    let report: PodReport = serde_json::from_str(
+        &std::fs::read_to_string(dirs.out.path().join("report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report.phase, PodPhase::Failed);
+    assert_eq!(report.reason.as_deref(), Some("aborted"));
+    assert_eq!(container(&report, "sleepy").signal, Some(libc::SIGKILL));
+    // The pod directory was cleaned up too.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_runner_killed_with_sigkill_leaves_no_container_behind() {
+    let dirs = Dirs::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut runner, pid) = cli_with_sleeping_pod(&dirs, tmp.path());
+    assert!(alive(&pid));
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    assert!(
+        wait_gone(&pid, 5 * SECOND),
+        "container {pid} outlived the runner"
+    );
+}
+
 /// Secrets and ConfigMaps from a real apiserver: env (secretKeyRef, configMapKeyRef, envFrom)
 /// and volumes. Run with `KUBECONFIG=… cargo test -p testkit --test pod_runner -- --ignored`.
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use testkit::pod_runner::{Echo, PodPhase, PodRunner, RunnerConfig, load_manifest};
+use testkit::pod_runner::{Echo, PodAborter, PodPhase, PodRunner, RunnerConfig, load_manifest};
 
 const ABOUT: &str = "Run a pod template's containers as host processes, in kubelet order. \
 This is a test tool and not a kubelet.";
@@ -132,8 +132,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Blocked here, before any thread exists, so every thread inherits the mask and only the
+    // thread in `watch_signals` receives them (children get a clean mask from std).
+    let signals = match block_termination_signals() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("local-pod-runner: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let mut default_output_dir = None;
-    let result = run(args, &mut default_output_dir);
+    let result = run(args, signals, &mut default_output_dir);
     if result.is_err()
         && let Some(dir) = default_output_dir
     {
@@ -150,7 +159,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args, default_output_dir: &mut Option<PathBuf>) -> Result<PodPhase> {
+fn run(
+    args: Args,
+    signals: libc::sigset_t,
+    default_output_dir: &mut Option<PathBuf>,
+) -> Result<PodPhase> {
     let manifest = load_manifest(&args.manifest)?;
     let output_dir = match args.output_dir {
         Some(dir) => dir,
@@ -197,7 +210,9 @@ fn run(args: Args, default_output_dir: &mut Option<PathBuf>) -> Result<PodPhase>
         .unwrap_or_else(|| config.output_dir.join("report.json"));
 
     let runner = PodRunner::new(config)?;
-    let report = runner.run(&manifest.spec)?;
+    let handle = runner.start(&manifest.spec)?;
+    watch_signals(signals, handle.aborter())?;
+    let report = handle.wait()?;
     let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
     if report_to_stdout {
         println!("{json}");
@@ -238,4 +253,39 @@ fn parse_pvcs(args: &[String]) -> Result<BTreeMap<String, PathBuf>> {
         }
     }
     Ok(pvcs)
+}
+
+const TERMINATION_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn block_termination_signals() -> Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises; the calls get valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in TERMINATION_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        let ret = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if ret != 0 {
+            return Err(std::io::Error::from_raw_os_error(ret)).context("cannot block signals");
+        }
+        Ok(set)
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, kills the pod so that no container outlives the runner; the
+/// report is still written.
+fn watch_signals(signals: libc::sigset_t, aborter: PodAborter) -> Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: both pointers are valid for the call.
+            if unsafe { libc::sigwait(&signals, &mut signal) } == 0 {
+                eprintln!("local-pod-runner: signal {signal} received, killing the pod");
+                aborter.abort();
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
 }

@@ -65,7 +65,7 @@ use serde::{Deserialize, Serialize};
 pub use expand::expand;
 pub use image::{ImageFile, ImageMap, ImageSpec};
 pub use manifest::{PodManifest, load_manifest, parse_manifest};
-pub use supervisor::PodHandle;
+pub use supervisor::{PodAborter, PodHandle};
 
 /// Where container output is echoed besides the log files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -108,6 +108,11 @@ pub(crate) enum Step {
         gid: libc::gid_t,
         groups: Vec<libc::gid_t>,
     },
+    /// SIGKILL when the runner dies, so a killed runner leaves no container behind. After
+    /// SetIds, because changing credentials clears the setting.
+    DieWithParent {
+        parent: libc::pid_t,
+    },
 }
 
 fn errno() -> i32 {
@@ -256,6 +261,14 @@ impl Step {
                     check_long(libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid))?;
                     check_long(libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid))
                 }
+                Step::DieWithParent { parent } => {
+                    check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+                    // The runner may have died before the prctl.
+                    if libc::getppid() != *parent {
+                        return Err(libc::ESRCH);
+                    }
+                    Ok(())
+                }
             }
         }
     }
@@ -292,6 +305,7 @@ impl Step {
             Step::SetIds { uid, gid, groups } => {
                 format!("switch to uid {uid}, gid {gid}, groups {groups:?}")
             }
+            Step::DieWithParent { .. } => "set the parent-death signal".into(),
         }
     }
 }
@@ -623,6 +637,9 @@ pub(crate) fn build_steps(spec: &SandboxSpec, layout: &HostLayout) -> Result<Vec
             uid: spec.uid,
             gid: spec.gid,
             groups: spec.groups.clone(),
+        },
+        Step::DieWithParent {
+            parent: std::process::id() as libc::pid_t,
         },
         Step::Chdir {
             path: cstring(&spec.working_dir)?,

@@ -162,6 +162,13 @@ impl PodHandle {
         &self.output_dir
     }
 
+    pub fn aborter(&self) -> PodAborter {
+        PodAborter {
+            shared: Arc::clone(&self.shared),
+            events: self.events.clone(),
+        }
+    }
+
     /// Waits for the pod to finish.
     pub fn wait(mut self) -> Result<PodReport> {
         let thread = self
@@ -178,6 +185,22 @@ impl PodHandle {
         self.shared.lock().abort = true;
         let _ = self.events.send(Event::Wake);
         self.wait()
+    }
+}
+
+/// Aborts a running pod from another thread (e.g. a signal handler thread), while the
+/// [`PodHandle`] is busy in [`wait`](PodHandle::wait).
+#[derive(Clone)]
+pub struct PodAborter {
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+}
+
+impl PodAborter {
+    /// Kills every container at once (SIGKILL); the pod ends Failed with reason "aborted".
+    pub fn abort(&self) {
+        self.shared.lock().abort = true;
+        let _ = self.events.send(Event::Wake);
     }
 }
 
