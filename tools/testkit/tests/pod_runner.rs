@@ -981,17 +981,16 @@ fn a_runner_killed_with_sigkill_leaves_no_container_behind() {
     );
 }
 
-/// Secrets and ConfigMaps from a real apiserver: env (secretKeyRef, configMapKeyRef, envFrom)
-/// and volumes. Run with `KUBECONFIG=… cargo test -p testkit --test pod_runner -- --ignored`.
+/// Secrets and ConfigMaps from a real apiserver (this test binary's control plane): env
+/// (secretKeyRef, configMapKeyRef, envFrom) and volumes.
 #[test]
-#[ignore = "needs KUBECONFIG pointing at a real apiserver"]
 fn secrets_and_config_maps_from_a_real_apiserver() {
     use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
     use kube::api::{DeleteParams, PostParams};
 
-    let kubeconfig = PathBuf::from(
-        std::env::var_os("KUBECONFIG").expect("this test needs KUBECONFIG of a real apiserver"),
-    );
+    let kubeconfig = testkit::ControlPlane::shared()
+        .kubeconfig_path()
+        .to_path_buf();
     let namespace = format!("podrunner-{}", std::process::id());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
