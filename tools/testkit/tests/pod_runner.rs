@@ -1,7 +1,7 @@
 //! The local pod runner against real processes, mounts and files. Needs root, like the runner.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
