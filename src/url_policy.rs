@@ -160,9 +160,7 @@ impl AddressClass {
     fn describe(self, ip: Option<IpAddr>) -> &'static str {
         match self {
             AddressClass::CloudMetadata
-                if ip
-                    .and_then(|ip| to_v4(ip))
-                    .is_some_and(|v4| v4.is_link_local()) =>
+                if ip.and_then(to_v4).is_some_and(|v4| v4.is_link_local()) =>
             {
                 "link-local (cloud metadata)"
             }
