@@ -5,4 +5,5 @@
 //! (`contract`, `url_policy`, `notifier`), so it stays small and free of any Kubernetes client.
 
 pub mod contract;
+pub mod notifier;
 pub mod url_policy;
