@@ -55,7 +55,6 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     let mut handled = FORWARDED_SIGNALS.to_vec();
     handled.push(libc::SIGCHLD);
     // Blocked before the child exists, so no signal between spawn and the first sigwait is lost.
-    // std resets the mask in the child, so the command starts with default signal handling.
     let set = SignalSet::block(&handled).context("blocking signals")?;
 
     let _lock = LivenessLock::acquire(&files.lock)?;
@@ -71,7 +70,25 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     }
 
     let started_at = now_rfc3339();
-    let spawned = Command::new(program).args(args).process_group(0).spawn();
+    let mut cmd = Command::new(program);
+    cmd.args(args).process_group(0);
+    // The child must not inherit the wrapper's blocked signals, or the signals forwarded to it
+    // would stay pending forever. std is meant to reset the mask, but does not on every spawn
+    // path (seen with posix_spawn under gVisor), so it is done here explicitly; only the mask,
+    // which the wrapper changed: inherited dispositions (e.g. nohup's SIG_IGN) pass through.
+    // SAFETY: sigemptyset and pthread_sigmask are async-signal-safe, as required between fork
+    // and exec, and touch only the local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        });
+    }
+    let spawned = cmd.spawn();
     let child = match spawned {
         Ok(child) => child,
         Err(e) => {
