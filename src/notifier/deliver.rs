@@ -206,7 +206,7 @@ impl Client {
         let url = self
             .policy
             .check(raw)
-            .map_err(|v| (Reason::Policy, format!("URL refused: it {v}")))?;
+            .map_err(|v| (Reason::Policy, format!("URL refused by the policy: {v}")))?;
         let addrs = self.resolve(&url).await?;
 
         stage.set(Stage::CONNECT);
@@ -256,7 +256,7 @@ impl Client {
         for a in &addrs {
             self.policy
                 .check_resolved(url, a.ip())
-                .map_err(|v| (Reason::Policy, format!("URL refused: {v}")))?;
+                .map_err(|v| (Reason::Policy, format!("URL refused by the policy: {v}")))?;
         }
         Ok(addrs)
     }
