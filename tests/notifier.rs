@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
 
+use backup_operator::notifier::lock::LivenessLock;
 use notifier_common::*;
 use testkit::receiver::{Receiver, Reply};
 
@@ -490,6 +491,39 @@ fn sidecar_started_first_sends_success_once_and_exits_on_sigterm() {
             "my-data-pvc"
         )
     );
+}
+
+/// A sidecar acts on the result only once the wrapper is gone (its lock released); in container
+/// mode the result alone is enough. The lock is held here by the test itself.
+#[test]
+fn the_sidecar_waits_for_the_lock_release_and_the_container_for_the_result() {
+    let s = Scratch::new();
+    let rx = Receiver::http(Reply::Status(200));
+    let lock = LivenessLock::acquire(&s.lock()).unwrap();
+    std::fs::write(
+        s.result(),
+        r#"{"exit_code":0,"started_at":"2025-01-01T00:00:00.000Z","finished_at":"2025-01-01T00:00:01.000Z"}"#,
+    )
+    .unwrap();
+    let mut sidecar = spawn(with_urls(&mut s.notify("sidecar"), &rx));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(rx.count(), 0, "sent while the wrapper still held its lock");
+    drop(lock);
+    assert!(rx.wait_for(1, Duration::from_secs(10)));
+    assert!(sidecar.running());
+    sidecar.signal(libc::SIGTERM);
+    sidecar.finish(LIMIT).assert_code(0);
+
+    let s = Scratch::new();
+    let _lock = LivenessLock::acquire(&s.lock()).unwrap();
+    std::fs::write(
+        s.result(),
+        r#"{"exit_code":0,"started_at":"2025-01-01T00:00:00.000Z","finished_at":"2025-01-01T00:00:01.000Z"}"#,
+    )
+    .unwrap();
+    let r = run(with_urls(&mut s.notify("container"), &rx), LIMIT);
+    r.assert_code(0);
+    assert_eq!(rx.count(), 2, "{}", r.stderr);
 }
 
 #[test]
