@@ -145,8 +145,8 @@ failure.
 
 Modes:
 - sidecar (default): for a native sidecar (an init container with restartPolicy: Always). Waits \
-for the result and the release of FILE.lock, or for SIGTERM, which the kubelet sends once every \
-main container has stopped. Then decides and sends. After a send that was not caused by SIGTERM \
+until the wrapper has ended (FILE.lock released; FILE, or its absence, then decides), or for \
+SIGTERM, which the kubelet sends once every main container has stopped. Then decides and sends. After a send that was not caused by SIGTERM \
 it keeps waiting for SIGTERM, because a sidecar that exits is restarted. SIGTERM or SIGINT \
 during a send does not cut the send short.
 - container: for a regular container beside the backup container. Waits for FILE or the release \
