@@ -156,7 +156,8 @@ Delivery: exactly one HTTP/1.1 POST with Content-Type: application/json and the 
 (status, message, host, volume); no retries; redirects are not followed (a 3xx is a failure); \
 the timeout covers DNS, connect, TLS and the response. Before connecting, the URL and every \
 address its host resolves to are checked against the URL policy, and the connection goes to one \
-of those checked addresses. TLS trusts the bundled public roots plus --ca-file.
+of those checked addresses (HTTP_PROXY and HTTPS_PROXY are not used, for the same reason). TLS trusts the bundled \
+public roots plus --ca-file.
 
 At most once: before sending, FILE.sent is created exclusively; if it exists, nothing is sent \
 again (a restarted notifier, or a second run).
