@@ -11,7 +11,16 @@ use common::pod_run::NOTIFIER_IMAGE;
 async fn container_mode_notifies_exactly_once_per_outcome() {
     let c = cluster(
         Mode::AdmissionOnly,
-        &["--allow-destination", "127.0.0.1", "--notifier-image", NOTIFIER_IMAGE, "--notifier-timeout", "3s", "--notifier-mode", "container"],
+        &[
+            "--allow-destination",
+            "127.0.0.1",
+            "--notifier-image",
+            NOTIFIER_IMAGE,
+            "--notifier-timeout",
+            "3s",
+            "--notifier-mode",
+            "container",
+        ],
     );
     let ns = c.cp.namespace("inject-container").await;
     three_outcomes(c, ns.name(), false).await;

@@ -45,7 +45,11 @@ spec:
 }
 
 pub fn expected(ns: &str, status: &str) -> Value {
-    let message = if status == "success" { "Volume backup completed" } else { "Volume backup failed" };
+    let message = if status == "success" {
+        "Volume backup completed"
+    } else {
+        "Volume backup failed"
+    };
     serde_json::json!({"status": status, "message": message, "host": format!("{ns}-data"), "volume": "data"})
 }
 
@@ -53,8 +57,15 @@ pub fn expected(ns: &str, status: &str) -> Value {
 /// what was stored.
 pub async fn store(c: &Cluster, ns: &str, name: &str, yaml: &str) -> CronJob {
     let out = kubectl_stdin(c.cp, &["apply", "-f", "-"], yaml);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Api::<CronJob>::namespaced(c.cp.client().await, ns).get(name).await.unwrap()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Api::<CronJob>::namespaced(c.cp.client().await, ns)
+        .get(name)
+        .await
+        .unwrap()
 }
 
 /// Runs the three outcomes: exit 0, exit 3, and the main container killed with SIGKILL.
@@ -67,10 +78,22 @@ pub async fn three_outcomes(c: &Cluster, ns: &str, notifier_in_init_containers: 
         let rx = Receiver::http(Reply::Status(200));
         let stored = store(c, ns, name, &cron_job(ns, name, &rx, script)).await;
         let spec = pod_spec(&stored);
-        let notifier_is_init = spec.init_containers.iter().flatten().any(|c| c.name == "notifier");
-        assert_eq!(notifier_is_init, notifier_in_init_containers, "{name}: notifier in the wrong list");
+        let notifier_is_init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == "notifier");
+        assert_eq!(
+            notifier_is_init, notifier_in_init_containers,
+            "{name}: notifier in the wrong list"
+        );
         assert!(spec.containers[0].image.as_deref() == Some("busybox:1.36"));
-        assert!(spec.init_containers.iter().flatten().any(|c| c.image.as_deref() == Some(NOTIFIER_IMAGE)));
+        assert!(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.image.as_deref() == Some(NOTIFIER_IMAGE))
+        );
 
         let out = tempfile::tempdir().unwrap();
         let runner = runner(out.path(), ns, None, |_| {});
@@ -85,18 +108,33 @@ pub async fn three_outcomes(c: &Cluster, ns: &str, notifier_in_init_containers: 
         let phase_ok = report.phase == testkit::pod_runner::PodPhase::Succeeded;
         assert_eq!(phase_ok, want_exit == 0, "{name}: {report:#?}");
 
-        assert!(rx.wait_for(1, Duration::from_secs(10)), "{name}: no notification; notifier log:\n{}", notifier_log(&report));
+        assert!(
+            rx.wait_for(1, Duration::from_secs(10)),
+            "{name}: no notification; notifier log:\n{}",
+            notifier_log(&report)
+        );
         // Exactly one: give a stray second attempt the time to show up.
         std::thread::sleep(Duration::from_secs(1));
         let requests = rx.requests();
         assert_eq!(requests.len(), 1, "{name}: {requests:#?}");
         let req = &requests[0];
         assert_eq!(req.header("content-type"), Some("application/json"));
-        assert!(req.path.starts_with(&format!("/{want_status}/")), "{name}: sent to {}", req.path);
+        assert!(
+            req.path.starts_with(&format!("/{want_status}/")),
+            "{name}: sent to {}",
+            req.path
+        );
         assert_eq!(req.json().unwrap(), expected(ns, want_status), "{name}");
         let notifier = report.container("notifier").unwrap();
-        assert_eq!(notifier.exit_code, Some(0), "{name}: the notifier must exit 0: {report:#?}");
-        assert!(!notifier_log(&report).contains("s3cr3t-token"), "{name}: the URL path leaked into the log");
+        assert_eq!(
+            notifier.exit_code,
+            Some(0),
+            "{name}: the notifier must exit 0: {report:#?}"
+        );
+        assert!(
+            !notifier_log(&report).contains("s3cr3t-token"),
+            "{name}: the URL path leaked into the log"
+        );
     }
 }
 

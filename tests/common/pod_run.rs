@@ -22,15 +22,26 @@ pub fn pod_spec(cj: &CronJob) -> PodSpec {
 }
 
 /// A runner for pods of `namespace`, its logs in `out`. `extra` adds image files and PVCs.
-pub fn runner(out: &Path, namespace: &str, kubeconfig: Option<&Path>, extra: impl FnOnce(&mut RunnerConfig)) -> PodRunner {
+pub fn runner(
+    out: &Path,
+    namespace: &str,
+    kubeconfig: Option<&Path>,
+    extra: impl FnOnce(&mut RunnerConfig),
+) -> PodRunner {
     let mut images = ImageMap::new();
-    images.add_file(NOTIFIER_IMAGE, "/usr/local/bin/backup-notifier", NOTIFIER).unwrap();
+    images
+        .add_file(NOTIFIER_IMAGE, "/usr/local/bin/backup-notifier", NOTIFIER)
+        .unwrap();
     images.add_host_image("busybox*").unwrap();
     let mut cfg = RunnerConfig::new(out);
     cfg.namespace = namespace.to_owned();
     cfg.images = images;
     cfg.kubeconfig = kubeconfig.map(Path::to_path_buf);
-    cfg.echo = if std::env::var_os("SHOW_POD_LOG").is_some() { Echo::Inherit } else { Echo::None };
+    cfg.echo = if std::env::var_os("SHOW_POD_LOG").is_some() {
+        Echo::Inherit
+    } else {
+        Echo::None
+    };
     cfg.active_deadline = Some(Duration::from_secs(120));
     extra(&mut cfg);
     PodRunner::new(cfg).expect("pod runner (tests run as root)")
@@ -38,7 +49,9 @@ pub fn runner(out: &Path, namespace: &str, kubeconfig: Option<&Path>, extra: imp
 
 /// Waits until `container` runs, then kills it with `signal`.
 pub fn kill_when_running(handle: &PodHandle, container: &str, signal: i32) {
-    handle.wait_running(container, Duration::from_secs(30)).unwrap();
+    handle
+        .wait_running(container, Duration::from_secs(30))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     handle.signal(container, signal).unwrap();
 }
