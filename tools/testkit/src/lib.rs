@@ -7,5 +7,7 @@ pub mod control_plane;
 pub mod pod_runner;
 /// Real HTTP and HTTPS webhook receivers on loopback that record and count requests.
 pub mod receiver;
+/// A real S3-compatible server (VersityGW) over TLS.
+pub mod s3_server;
 
 pub use control_plane::{ControlPlane, TestNamespace, apply_crd, apply_crd_yaml, wait_for};
