@@ -62,6 +62,19 @@ pub struct TermSignals {
 
 impl TermSignals {
     pub fn install() -> io::Result<Self> {
+        // A blocked mask inherited from whatever started us (supervisors and runtimes have leaked
+        // one) would hold the kubelet's SIGTERM forever: unblock what we wait for. The runtime is
+        // single-threaded, so this thread's mask is the one that matters.
+        // SAFETY: plain libc calls on a local, initialised signal set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            if libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         Ok(TermSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,

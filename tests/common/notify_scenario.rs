@@ -72,6 +72,14 @@ pub async fn store(c: &Cluster, ns: &str, name: &str, yaml: &str) -> CronJob {
 pub async fn three_outcomes(c: &Cluster, ns: &str, notifier_in_init_containers: bool) {
     for (name, script, kill, want_status, want_exit) in [
         ("exit-zero", "echo backing up; exit 0", false, "success", 0),
+        // Long enough for the notifier to notice the end before the runner's SIGTERM.
+        (
+            "slow-success",
+            "echo backing up; sleep 1.5; exit 0",
+            false,
+            "success",
+            0,
+        ),
         ("exit-three", "echo backing up; exit 3", false, "failure", 3),
         ("killed", "echo backing up; sleep 60", true, "failure", 137),
     ] {

@@ -1075,3 +1075,26 @@ containers:
     assert_eq!(dirs.data("out"), "s3cret fast ak unset s3cret 400 a: 1\n");
     assert!(dirs.log("main").contains("Read-only file system"));
 }
+
+/// The CLI blocks SIGTERM/SIGINT/SIGHUP for its own signal handling; containers must start with
+/// nothing blocked, as under a container runtime, or a sidecar never sees its SIGTERM.
+#[test]
+fn cli_containers_start_with_no_signal_blocked() {
+    let dirs = Dirs::new();
+    let manifest = dirs.out.path().join("pod.json");
+    std::fs::write(
+        &manifest,
+        r#"{"kind":"Pod","metadata":{"name":"mask"},"spec":{"containers":[{"name":"c","image":"busybox","command":["grep","SigBlk","/proc/self/status"]}]}}"#,
+    )
+    .unwrap();
+    let logs = dirs.out.path().join("logs");
+    let status = cli()
+        .arg(&manifest)
+        .args(["--host-image", "*", "--quiet", "-o"])
+        .arg(&logs)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(logs.join("c.log")).unwrap();
+    assert_eq!(log.trim(), "SigBlk:\t0000000000000000");
+}

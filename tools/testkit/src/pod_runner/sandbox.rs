@@ -680,6 +680,12 @@ pub(crate) fn spawn(
     // SAFETY: the closure only makes system calls (see Step::run) and writes to a pipe.
     unsafe {
         command.pre_exec(move || {
+            // A container starts with no signal blocked, as under a container runtime; the
+            // runner's own CLI blocks SIGTERM/SIGINT/SIGHUP for its signal thread, and a blocked
+            // mask survives exec (a sidecar would never see its SIGTERM).
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             for (index, step) in child_steps.iter().enumerate() {
                 if let Err(code) = step.run() {
                     let mut record = [0u8; 8];
