@@ -71,5 +71,6 @@ fn a_sidecar_started_with_sigterm_blocked_still_exits_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = notify.kill();
+    let _ = notify.wait();
     panic!("the sidecar ignored SIGTERM after the backup ended");
 }
