@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use backup_operator::crd::{S3Backup, VolumeBackup};
 use common::cluster::{Cluster, Mode, cluster, kubectl_stdin};
+use common::fixtures;
 use common::notify_scenario::expected;
 use common::pod_run::{NOTIFIER_IMAGE, pod_spec, runner};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use testkit::pod_runner::PodPhase;
@@ -45,26 +46,11 @@ fn operator() -> &'static Cluster {
     )
 }
 
-async fn create<K>(client: &kube::Client, ns: &str, obj: Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-{
-    let obj: K = serde_json::from_value(obj).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &obj)
-        .await
-        .unwrap();
-}
-
 /// Secrets of a namespace: the restic password (right and wrong) and S3 credentials whose keys
 /// become env (AWS_* for restic and rclone, SSL_CERT_FILE for both Go programs).
 async fn secrets(client: &kube::Client, ns: &str) {
-    create::<Secret>(client, ns, json!({"metadata": {"name": "restic"}, "stringData": {"password": "correct horse", "wrong": "battery staple"}})).await;
-    create::<Secret>(
+    fixtures::create::<Secret>(client, ns, json!({"metadata": {"name": "restic"}, "stringData": {"password": "correct horse", "wrong": "battery staple"}})).await;
+    fixtures::create::<Secret>(
         client,
         ns,
         json!({"metadata": {"name": "s3-credentials"}, "stringData": {
@@ -238,11 +224,7 @@ async fn a_volume_backup_is_backed_up_restored_and_notified_and_a_failure_reache
     let ns = ns.name();
     let s3 = S3Server::start().unwrap();
     secrets(&client, ns).await;
-    create::<PersistentVolumeClaim>(&client, ns, json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .await;
+    fixtures::pvc(&client, ns, "data").await;
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("a.txt"), b"first file\n").unwrap();
     std::fs::create_dir_all(data.path().join("nested/deeper")).unwrap();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fixtures;
 pub mod notify_scenario;
 pub mod pod_run;
 
