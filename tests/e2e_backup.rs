@@ -346,6 +346,31 @@ async fn job_failed(client: &kube::Client, ns: &str, cj: &CronJob) {
     .unwrap();
 }
 
+fn s3_backup(ns: &str, name: &str, bucket: &str, s3: &S3Server, rx: &Receiver) -> String {
+    format!(
+        r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: S3Backup
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  source:
+    endpoint: "{endpoint}"
+    bucket: {bucket}
+    credentialsSecretRef: {{name: s3-credentials}}
+  schedule: "@daily"
+  repository:
+    url: "s3:{endpoint}/repo-s3"
+    passwordSecretRef: {{name: restic, key: password}}
+    credentialsSecretRef: {{name: s3-credentials}}
+  webhooks:
+    success: "{success}"
+    failure: "{failure}"
+"#,
+        endpoint = s3.endpoint(),
+        success = rx.url("/success"),
+        failure = rx.url("/failure"),
+    )
+}
+
 #[tokio::test]
 async fn an_s3_backup_copies_the_bucket_backs_it_up_and_notifies() {
     let c = operator();
@@ -367,31 +392,7 @@ async fn an_s3_backup_copies_the_bucket_backs_it_up_and_notifies() {
     let bucket = s3.bucket("photos", &refs).unwrap();
 
     let rx = Receiver::http(Reply::Status(200));
-    apply(
-        c,
-        &format!(
-            r#"apiVersion: backups.k8s.bnerd.com/v1
-kind: S3Backup
-metadata: {{name: bucket-backup, namespace: {ns}}}
-spec:
-  source:
-    endpoint: "{endpoint}"
-    bucket: photos
-    credentialsSecretRef: {{name: s3-credentials}}
-  schedule: "@daily"
-  repository:
-    url: "s3:{endpoint}/repo-s3"
-    passwordSecretRef: {{name: restic, key: password}}
-    credentialsSecretRef: {{name: s3-credentials}}
-  webhooks:
-    success: "{success}"
-    failure: "{failure}"
-"#,
-            endpoint = s3.endpoint(),
-            success = rx.url("/success"),
-            failure = rx.url("/failure"),
-        ),
-    );
+    apply(c, &s3_backup(ns, "bucket-backup", "photos", &s3, &rx));
     let cj = stored_cron_job(&client, ns, "bucket-backup").await;
     let out = tempfile::tempdir().unwrap();
     let kubeconfig = c.cp.kubeconfig_path().to_path_buf();
@@ -434,5 +435,27 @@ spec:
             .conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+
+    // The copy step fails (the bucket does not exist): the backup never runs, and the sidecar,
+    // stopped with no result, reports one failure.
+    let rx = Receiver::http(Reply::Status(200));
+    apply(
+        c,
+        &s3_backup(ns, "missing-bucket", "no-such-bucket", &s3, &rx),
+    );
+    let cj = stored_cron_job(&client, ns, "missing-bucket").await;
+    let report = pod_runner.run(&pod_spec(&cj)).unwrap();
+    assert_eq!(report.phase, PodPhase::Failed, "{report:#?}");
+    assert_ne!(report.container("fetch").unwrap().exit_code, Some(0));
+    assert_eq!(
+        report.container("backup").unwrap().exit_code,
+        None,
+        "the backup must not run"
+    );
+    let req = one_payload(&rx, "failed copy");
+    assert_eq!(
+        req.json().unwrap(),
+        json!({"status": "failure", "message": "S3 backup failed", "host": format!("{ns}-no-such-bucket"), "volume": "no-such-bucket"})
     );
 }
