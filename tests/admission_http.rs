@@ -381,3 +381,93 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     }
     None
 }
+
+/// Without a reachable cluster and without --no-controller, `serve` fails at once with one line
+/// that says what to do; bad flags and unreadable files do too.
+#[test]
+fn serve_fails_fast_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = dev_certs(dir.path());
+    let dead = dir.path().join("kubeconfig");
+    std::fs::write(
+        &dead,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let run = |args: &[&std::ffi::OsStr], kubeconfig: &std::path::Path| {
+        let started = Instant::now();
+        let out = std::process::Command::new(OPERATOR)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let certs: [&std::ffi::OsStr; 4] = [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ];
+    let (code, err) = run(&certs, &dead);
+    assert_eq!(code, Some(1));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("backup-operator: error:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("cannot reach the Kubernetes API") && line.contains("--no-controller"),
+        "{line}"
+    );
+
+    let (code, err) = run(&certs, &dir.path().join("missing"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot configure a Kubernetes client"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("nope.crt");
+    let (code, err) = run(
+        &[
+            "--no-controller".as_ref(),
+            "--tls-cert".as_ref(),
+            missing.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+        &dead,
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim().lines().last().unwrap(),
+        format!(
+            "backup-operator: error: reading TLS certificate {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+
+    let (code, err) = run(
+        &[
+            "--no-controller".as_ref(),
+            "--allow-destination".as_ref(),
+            "not a host".as_ref(),
+        ],
+        &dead,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("\"not a host\" is neither an IP address, a CIDR, a host name nor *.domain"),
+        "{err}"
+    );
+}
