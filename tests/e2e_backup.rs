@@ -305,6 +305,33 @@ async fn a_volume_backup_is_backed_up_restored_and_notified_and_a_failure_reache
         .into_iter()
         .any(|e| e.reason.as_deref() == Some("BackupFailed"));
     assert!(warned, "no BackupFailed event");
+
+    // And the per-resource metrics say so.
+    let labels = format!(r#"{{namespace="{ns}",kind="VolumeBackup",name="wrong-password"}}"#);
+    let metrics = wait_for("the backup metrics", Duration::from_secs(30), || async {
+        let (_, body) = fixtures::http_get(c.operator.admin, "/metrics").await;
+        anyhow::ensure!(
+            body.contains(&format!(
+                "backup_operator_backup_last_job_success{labels} 0"
+            )),
+            "not yet"
+        );
+        Ok(body)
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "backup_operator_backup_last_failure_timestamp_seconds{labels} "
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "backup_operator_backup_last_job_duration_seconds{labels} "
+        )),
+        "{metrics}"
+    );
 }
 
 /// Creates the Job the CronJob controller would create, marked as managed elsewhere so the
