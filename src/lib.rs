@@ -15,6 +15,7 @@ pub mod https;
 pub mod inject;
 pub mod logging;
 pub mod metrics;
+pub mod notifier;
 pub mod schedule;
 pub mod serve;
 pub mod tls;

@@ -160,7 +160,7 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
         );
     }
     assert!(op.child.id() > 0);
-    let metrics = reqwest_get(op.admin, "/metrics").await.1;
+    let metrics = fixtures::http_get(op.admin, "/metrics").await.1;
     assert!(
         metrics
             .contains(r#"backup_operator_webhook_requests_total{webhook="validate",code="413"} 1"#),
@@ -174,31 +174,13 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
     );
 }
 
-/// Plain HTTP GET against the admin port.
-async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[tokio::test]
 async fn readyz_answers_within_a_second_of_starting() {
     let dir = tempfile::tempdir().unwrap();
     let (_, cert, key) = dev_certs(dir.path());
     let op = Operator::start(&cert, &key, &["--no-controller"]);
     loop {
-        let (status, body) = reqwest_get(op.admin, "/readyz").await;
+        let (status, body) = fixtures::http_get(op.admin, "/readyz").await;
         if status == 200 {
             assert_eq!(body.trim(), "ok");
             break;
@@ -214,7 +196,7 @@ async fn readyz_answers_within_a_second_of_starting() {
         elapsed < Duration::from_secs(1),
         "ready only after {elapsed:?}"
     );
-    assert_eq!(reqwest_get(op.admin, "/healthz").await.0, 200);
+    assert_eq!(fixtures::http_get(op.admin, "/healthz").await.0, 200);
 }
 
 /// Lays the files out like a mounted Secret: `tls.crt -> ..data/tls.crt`, `..data -> ..<ts>`,
@@ -345,7 +327,7 @@ async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_
         .await
         .expect("idle keep-alive connection not closed on SIGTERM")
         .unwrap();
-    let (status, text) = reqwest_get(op.admin, "/readyz").await;
+    let (status, text) = fixtures::http_get(op.admin, "/readyz").await;
     assert_eq!((status, text.trim()), (503, "shutting down"));
 
     // The in-flight request still gets its answer.
@@ -398,4 +380,94 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// Without a reachable cluster and without --no-controller, `serve` fails at once with one line
+/// that says what to do; bad flags and unreadable files do too.
+#[test]
+fn serve_fails_fast_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = dev_certs(dir.path());
+    let dead = dir.path().join("kubeconfig");
+    std::fs::write(
+        &dead,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let run = |args: &[&std::ffi::OsStr], kubeconfig: &std::path::Path| {
+        let started = Instant::now();
+        let out = std::process::Command::new(OPERATOR)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let certs: [&std::ffi::OsStr; 4] = [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ];
+    let (code, err) = run(&certs, &dead);
+    assert_eq!(code, Some(1));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("backup-operator: error:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("cannot reach the Kubernetes API") && line.contains("--no-controller"),
+        "{line}"
+    );
+
+    let (code, err) = run(&certs, &dir.path().join("missing"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot configure a Kubernetes client"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("nope.crt");
+    let (code, err) = run(
+        &[
+            "--no-controller".as_ref(),
+            "--tls-cert".as_ref(),
+            missing.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+        &dead,
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim().lines().last().unwrap(),
+        format!(
+            "backup-operator: error: reading TLS certificate {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+
+    let (code, err) = run(
+        &[
+            "--no-controller".as_ref(),
+            "--allow-destination".as_ref(),
+            "not a host".as_ref(),
+        ],
+        &dead,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("\"not a host\" is neither an IP address, a CIDR, a host name nor *.domain"),
+        "{err}"
+    );
 }

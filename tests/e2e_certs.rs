@@ -10,35 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use backup_operator::crd::VolumeBackup;
-use common::cluster::{kubectl, kubectl_ok, kubectl_stdin};
+use common::cluster::{install_crds, kubectl_stdin};
 use common::{OPERATOR, Operator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use testkit::control_plane::{ControlPlane, wait_for};
 
 const NS: &str = "backup-operator-system";
-
-fn setup(cp: &ControlPlane) {
-    kubectl_ok(
-        cp,
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/crds.yaml"),
-        ],
-    );
-    kubectl_ok(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/volumebackups.backups.k8s.bnerd.com",
-        ],
-    );
-    let _ = kubectl(cp, &["create", "namespace", NS]);
-}
 
 fn start(cp: &ControlPlane, identity: &str, extra: &[&str]) -> Operator {
     let mut args = vec![
@@ -116,7 +94,7 @@ async fn round_robin(backends: Vec<SocketAddr>) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn starts_without_a_secret_creates_it_and_rotates_without_a_failed_request() {
     let cp = ControlPlane::shared();
-    setup(cp);
+    install_crds(cp);
     let client = cp.client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     assert!(

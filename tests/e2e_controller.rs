@@ -8,45 +8,21 @@ use std::time::Duration;
 
 use backup_operator::crd::VolumeBackup;
 use common::cluster::{Mode, cluster, kubectl_stdin};
+use common::fixtures;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams};
 use testkit::control_plane::wait_for;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn condition(vb: &VolumeBackup, type_: &str) -> Option<(String, String)> {
-    vb.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
+    fixtures::condition(vb.status.as_ref(), type_)
 }
 
 async fn prerequisites(client: &kube::Client, ns: &str) {
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "my-data-pvc"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
-    secret(client, ns).await;
-}
-
-async fn secret(client: &kube::Client, ns: &str) {
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
-    )
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    fixtures::pvc(client, ns, "my-data-pvc").await;
+    fixtures::restic_secret(client, ns).await;
 }
 
 fn manifest(ns: &str, schedule: &str, success: &str, suspended: bool) -> String {
@@ -240,7 +216,7 @@ async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-missing").await;
     let ns = ns.name();
-    secret(&client, ns).await;
+    fixtures::restic_secret(&client, ns).await;
     let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     apply(
         cp,
@@ -275,15 +251,7 @@ async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
     .unwrap();
 
     // The claim appears later; the condition clears without restarting anything.
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "my-data-pvc"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
+    fixtures::pvc(&client, ns, "my-data-pvc").await;
     wait_for("Ready=True", WAIT, || async {
         let vb = vbs.get("my-backup").await?;
         let ready = condition(&vb, "Ready");

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use backup_operator::crd::VolumeBackup;
 use common::cluster::{kubectl, kubectl_ok, kubectl_stdin};
-use common::{OPERATOR, Operator};
+use common::{OPERATOR, Operator, fixtures};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
 use serde_json::json;
 use testkit::control_plane::{ControlPlane, wait_for};
 
@@ -218,23 +218,8 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     .await
     .unwrap();
     let ns = cp.namespace("install").await;
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns.name())
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
-    )
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns.name())
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    fixtures::pvc(&client, ns.name(), "data").await;
+    fixtures::restic_secret(&client, ns.name()).await;
     let manifest = |failure: &str| {
         format!(
             "apiVersion: backups.k8s.bnerd.com/v1\nkind: VolumeBackup\nmetadata: {{name: nightly, namespace: {}}}\nspec:\n  volumeClaimRef: {{name: data}}\n  schedule: \"0 3 * * *\"\n  repository: {{url: /repo, passwordSecretRef: {{name: restic, key: password}}}}\n  webhooks: {{failure: \"{failure}\"}}\n",

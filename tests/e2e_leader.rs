@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{kubectl, kubectl_ok, kubectl_stdin};
-use common::{Operator, dev_certs};
+use common::cluster::{install_crds, kubectl_stdin};
+use common::{Operator, dev_certs, fixtures};
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
@@ -14,26 +14,8 @@ use testkit::control_plane::{ControlPlane, wait_for};
 
 const LEASE: Duration = Duration::from_secs(6);
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.unwrap();
-    (
-        raw[9..12].parse().unwrap(),
-        raw.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
-}
-
 async fn metric(op: &Operator, name: &str) -> f64 {
-    let (_, body) = http_get(op.admin, "/metrics").await;
+    let (_, body) = fixtures::http_get(op.admin, "/metrics").await;
     body.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -56,26 +38,7 @@ spec:
 #[tokio::test]
 async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     let cp = ControlPlane::shared();
-    kubectl_ok(
-        cp,
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/crds.yaml"),
-        ],
-    );
-    kubectl_ok(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/volumebackups.backups.k8s.bnerd.com",
-            "crd/s3backups.backups.k8s.bnerd.com",
-        ],
-    );
-    let _ = kubectl(cp, &["create", "namespace", "backup-operator-system"]);
+    install_crds(cp);
     let dir = tempfile::tempdir().unwrap();
     let (_, cert, key) = dev_certs(dir.path());
     let kubeconfig = cp.kubeconfig_path().as_os_str();
@@ -111,7 +74,7 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
 
     // Both serve admission, whatever the leadership.
     for (_, op) in &replicas {
-        assert_eq!(http_get(op.admin, "/readyz").await.0, 200);
+        assert_eq!(fixtures::http_get(op.admin, "/readyz").await.0, 200);
     }
     let ns = cp.namespace("leader").await;
     let out = kubectl_stdin(

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use backup_operator::crd::VolumeBackup;
 use common::cluster::{Mode, cluster};
+use common::fixtures;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use testkit::control_plane::wait_for;
@@ -22,23 +22,8 @@ async fn three_hundred_volume_backups_converge() {
     let client = c.cp.client().await;
     let ns = c.cp.namespace("scale").await;
     let ns = ns.name().to_owned();
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
-    )
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    fixtures::pvc(&client, &ns, "data").await;
+    fixtures::restic_secret(&client, &ns).await;
 
     let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), &ns);
     let started = Instant::now();

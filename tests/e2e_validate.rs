@@ -201,3 +201,39 @@ async fn every_bad_field_is_reported_at_once() {
         assert!(stderr.contains(line), "missing {line:?} in {stderr}");
     }
 }
+
+/// The CRD schema is the first line of defence, working even without the webhook: required
+/// fields, URL schemes (CEL) and non-negative retention.
+#[tokio::test]
+async fn the_crd_schema_rejects_what_it_can_express() {
+    let cp = cluster(Mode::AdmissionOnly, &[]).cp;
+    let ns = cp.namespace("validate-schema").await;
+    let base = volume_backup(ns.name(), "schema", "https://hooks.example.com/ok", "");
+    for (manifest, want) in [
+        (
+            base.replace("  schedule: \"0 3 * * *\"\n", ""),
+            "spec.schedule: Required value",
+        ),
+        (
+            base.replace("  volumeClaimRef: {name: my-data-pvc}\n", ""),
+            "spec.volumeClaimRef: Required value",
+        ),
+        (
+            format!("{base}  retention: {{keepLast: -1}}\n"),
+            "spec.retention.keepLast: Invalid value: -1: spec.retention.keepLast in body should be greater than or equal to 0",
+        ),
+        (
+            base.replace("https://hooks.example.com/ok", "mailto:ops@example.com"),
+            "spec.webhooks.success: Invalid value: \"mailto:ops@example.com\": must be an http:// or https:// URL",
+        ),
+        (
+            base.replace("name: my-data-pvc", "name: Not_A_Name"),
+            "spec.volumeClaimRef.name",
+        ),
+    ] {
+        let out = kubectl_stdin(cp, &["apply", "--dry-run=server", "-f", "-"], &manifest);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {manifest}");
+        assert!(stderr.contains(want), "{stderr}\n(wanted {want:?})");
+    }
+}

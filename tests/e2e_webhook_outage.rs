@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use backup_operator::crd::VolumeBackup;
 use common::cluster::{Mode, cluster, kubectl_ok, kubectl_stdin, register_webhooks};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
-use kube::api::{Api, ListParams, PostParams};
-use serde_json::json;
+use common::fixtures;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
 use testkit::control_plane::wait_for;
 
 fn manifest(ns: &str, success: &str) -> String {
@@ -47,23 +47,8 @@ async fn notifier_injected_reports_a_webhook_outage_and_heals() {
     let client = c.cp.client().await;
     let ns = c.cp.namespace("outage").await;
     let ns = ns.name();
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "my-data-pvc"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
-    )
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    fixtures::pvc(&client, ns, "my-data-pvc").await;
+    fixtures::restic_secret(&client, ns).await;
     let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     let apply = |url: &str| {
         let out = kubectl_stdin(c.cp, &["apply", "-f", "-"], &manifest(ns, url));

@@ -30,29 +30,7 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 pub fn cluster(mode: Mode, extra: &[&str]) -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let cp = ControlPlane::shared();
-        kubectl_ok(
-            cp,
-            &[
-                "apply",
-                "--server-side",
-                "-f",
-                &repo("manifests/crds/crds.yaml"),
-            ],
-        );
-        kubectl_ok(
-            cp,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/volumebackups.backups.k8s.bnerd.com",
-                "crd/s3backups.backups.k8s.bnerd.com",
-            ],
-        );
-        let ns = kubectl(cp, &["create", "namespace", "backup-operator-system"]);
-        assert!(
-            ns.status.success() || String::from_utf8_lossy(&ns.stderr).contains("AlreadyExists")
-        );
+        install_crds(cp);
 
         let certs = tempfile::tempdir().unwrap().keep();
         let (_, cert, key) = dev_certs(&certs);
@@ -74,6 +52,31 @@ pub fn cluster(mode: Mode, extra: &[&str]) -> &'static Cluster {
             certs,
         }
     })
+}
+
+/// Installs both CRDs (waiting for Established) and the operator's namespace.
+pub fn install_crds(cp: &ControlPlane) {
+    kubectl_ok(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &repo("manifests/crds/crds.yaml"),
+        ],
+    );
+    kubectl_ok(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/volumebackups.backups.k8s.bnerd.com",
+            "crd/s3backups.backups.k8s.bnerd.com",
+        ],
+    );
+    let ns = kubectl(cp, &["create", "namespace", "backup-operator-system"]);
+    assert!(ns.status.success() || String::from_utf8_lossy(&ns.stderr).contains("AlreadyExists"));
 }
 
 fn repo(path: &str) -> String {

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fixtures;
+pub mod notify_scenario;
+pub mod pod_run;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

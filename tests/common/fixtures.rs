@@ -1,0 +1,76 @@
+//! Objects and small clients many tests need.
+
+use std::net::SocketAddr;
+
+use backup_operator::crd::BackupStatus;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+/// Creates `obj` (JSON of a `K`) in `ns`.
+pub async fn create<K>(client: &kube::Client, ns: &str, obj: Value) -> K
+where
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let obj: K = serde_json::from_value(obj).unwrap();
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap()
+}
+
+/// A PersistentVolumeClaim (it stays Pending: nothing provisions volumes here).
+pub async fn pvc(client: &kube::Client, ns: &str, name: &str) {
+    create::<PersistentVolumeClaim>(
+        client,
+        ns,
+        json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    )
+    .await;
+}
+
+/// The Secret `restic` with key `password`, as the tests' VolumeBackups reference it.
+pub async fn restic_secret(client: &kube::Client, ns: &str) {
+    create::<Secret>(
+        client,
+        ns,
+        json!({"metadata": {"name": "restic"}, "stringData": {"password": "pw"}}),
+    )
+    .await;
+}
+
+/// `(status, reason)` of a condition.
+pub fn condition(status: Option<&BackupStatus>, type_: &str) -> Option<(String, String)> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// A plain HTTP/1.1 GET (the admin port), answered with `(status, body)`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,159 @@
+//! Issue 5 end to end, sidecar mode: `kubectl apply` of labelled CronJobs through the live
+//! mutating webhook, the stored shape, idempotency, in-place updates, warnings, and the stored
+//! pod template run by the local pod runner against a counting receiver.
+
+mod common;
+
+use common::cluster::{Cluster, Mode, cluster, kubectl_ok, kubectl_stdin};
+use common::notify_scenario::{cron_job, store, three_outcomes};
+use common::pod_run::NOTIFIER_IMAGE;
+use serde_json::Value;
+use testkit::receiver::{Receiver, Reply};
+
+fn operator() -> &'static Cluster {
+    cluster(
+        Mode::AdmissionOnly,
+        &[
+            "--allow-destination",
+            "127.0.0.1",
+            "--notifier-image",
+            NOTIFIER_IMAGE,
+            "--notifier-timeout",
+            "3s",
+        ],
+    )
+}
+
+fn get_json(c: &Cluster, ns: &str, name: &str) -> Value {
+    serde_json::from_str(&kubectl_ok(
+        c.cp,
+        &["get", "cronjob", name, "-n", ns, "-o", "json"],
+    ))
+    .unwrap()
+}
+
+fn pod(cj: &Value) -> &Value {
+    &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+}
+
+#[tokio::test]
+async fn kubectl_apply_stores_the_notifier_in_the_documented_shape_idempotently() {
+    let c = operator();
+    let ns = c.cp.namespace("inject").await;
+    let ns = ns.name();
+    let rx = Receiver::http(Reply::Status(200));
+    let manifest = cron_job(ns, "nightly", &rx, "exit 0");
+    store(c, ns, "nightly", &manifest).await;
+    let cj = get_json(c, ns, "nightly");
+    let p = pod(&cj);
+    assert!(
+        p["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "backup-notifier" && v["emptyDir"]["medium"] == "Memory")
+    );
+    let init = p["initContainers"].as_array().unwrap();
+    assert_eq!(init[0]["name"], "notifier-install");
+    assert_eq!(
+        init[0]["command"],
+        serde_json::json!([
+            "/usr/local/bin/backup-notifier",
+            "install",
+            "/backup-notifier/backup-notifier"
+        ])
+    );
+    assert_eq!(init[1]["name"], "notifier");
+    assert_eq!(init[1]["restartPolicy"], "Always");
+    assert_eq!(
+        p["containers"][0]["command"],
+        serde_json::json!([
+            "/backup-notifier/backup-notifier",
+            "exec",
+            "--result",
+            "/backup-notifier/result.json",
+            "--",
+            "sh",
+            "-c",
+            "exit 0"
+        ])
+    );
+    let generation = cj["metadata"]["generation"].clone();
+
+    // The same manifest again: nothing changes.
+    store(c, ns, "nightly", &manifest).await;
+    assert_eq!(
+        get_json(c, ns, "nightly")["metadata"]["generation"],
+        generation
+    );
+
+    // A new success URL updates the notifier's env in place; still exactly one notifier.
+    let moved = manifest.replace(
+        &rx.url("/success/s3cr3t-token"),
+        "https://hooks.example.com/moved",
+    );
+    store(c, ns, "nightly", &moved).await;
+    let cj = get_json(c, ns, "nightly");
+    let notifiers: Vec<_> = pod(&cj)["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "notifier")
+        .collect();
+    assert_eq!(notifiers.len(), 1);
+    let env = notifiers[0]["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "NOTIFY_SUCCESS_URL"
+            && e["value"] == "https://hooks.example.com/moved")
+    );
+    assert_eq!(
+        pod(&cj)["containers"][0]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| *a == "exec")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unlabelled_and_commandless_cron_jobs_are_stored_as_sent() {
+    let c = operator();
+    let ns = c.cp.namespace("inject-asis").await;
+    let ns = ns.name();
+    let rx = Receiver::http(Reply::Status(200));
+    let unlabelled = cron_job(ns, "plain", &rx, "exit 0")
+        .replace("backups.k8s.bnerd.com/notify: \"true\"", "app: plain");
+    store(c, ns, "plain", &unlabelled).await;
+    let p = pod(&get_json(c, ns, "plain")).clone();
+    assert!(p.get("initContainers").is_none() && p.get("volumes").is_none());
+    assert_eq!(
+        p["containers"][0]["command"],
+        serde_json::json!(["sh", "-c", "exit 0"])
+    );
+
+    let no_command = cron_job(ns, "entrypoint", &rx, "x")
+        .replace("              command: [\"sh\", \"-c\", \"x\"]\n", "");
+    let out = kubectl_stdin(c.cp, &["apply", "-f", "-"], &no_command);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Warning: backup-operator: container \"backup\" has no command"),
+        "{stderr}"
+    );
+    let p = pod(&get_json(c, ns, "entrypoint")).clone();
+    assert!(p.get("initContainers").is_none() && p.get("volumes").is_none());
+    assert!(p["containers"][0].get("command").is_none());
+}
+
+#[tokio::test]
+async fn the_stored_template_notifies_exactly_once_per_outcome() {
+    let c = operator();
+    let ns = c.cp.namespace("inject-run").await;
+    three_outcomes(c, ns.name(), true).await;
+}

@@ -1,0 +1,278 @@
+//! `backup-notifier exec` and `install`, run as real processes: exit codes, signals, the result
+//! file and the liveness lock.
+
+mod notifier_common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use backup_operator::notifier::lock::{LockState, probe};
+use notifier_common::*;
+use testkit::receiver::{Receiver, Reply};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn exit_codes_pass_through_and_are_recorded() {
+    for code in [0, 1, 3, 255] {
+        let s = Scratch::new();
+        let r = s.run_exec(&format!("exit {code}"));
+        r.assert_code(code);
+        let result = s.result_json();
+        assert_eq!(result["exit_code"], code, "{result}");
+        assert!(result.get("signal").is_none(), "{result}");
+        assert!(result["started_at"].as_str().unwrap().ends_with('Z'));
+        assert!(result["finished_at"].as_str().unwrap().ends_with('Z'));
+        // The wrapper says nothing when all is well: the backup's output is all there is.
+        assert_eq!(r.stderr, "", "code {code}");
+    }
+}
+
+#[test]
+fn stdout_and_stderr_pass_through_untouched() {
+    let s = Scratch::new();
+    let r = s.run_exec("printf 'out 1\\nout 2'; printf 'err\\n' >&2; exit 0");
+    r.assert_code(0);
+    assert_eq!(r.stdout, "out 1\nout 2");
+    assert_eq!(r.stderr, "err\n");
+}
+
+#[test]
+fn a_child_killed_by_sigkill_is_137_and_notify_reports_failure() {
+    let s = Scratch::new();
+    let r = s.run_exec("kill -KILL $$");
+    r.assert_code(137);
+    let result = s.result_json();
+    assert_eq!(result["exit_code"], 137);
+    assert_eq!(result["signal"], 9);
+
+    let rx = Receiver::http(Reply::Status(200));
+    let n = run(
+        s.notify("container")
+            .env("NOTIFY_SUCCESS_URL", rx.url("/ok"))
+            .env("NOTIFY_FAILURE_URL", rx.url("/fail"))
+            .env("NOTIFY_ALLOW_DESTINATIONS", "127.0.0.1"),
+        LIMIT,
+    );
+    n.assert_code(0);
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 1, "{n:#?}");
+    assert_eq!(reqs[0].path, "/fail");
+    assert_eq!(reqs[0].json().unwrap()["status"], "failure");
+}
+
+/// Every forwarded signal reaches the command, which can then shut down its own way; the
+/// wrapper exits with whatever the command exits with.
+#[test]
+fn signals_sent_to_the_wrapper_reach_the_command() {
+    for sig in ["TERM", "INT", "HUP", "QUIT", "USR1", "USR2"] {
+        let s = Scratch::new();
+        let got = s.path().join("got");
+        let ready = s.path().join("ready");
+        let script = format!(
+            "trap 'echo got-{sig} > {got}; exit 7' {sig}; touch {ready}; \
+             while :; do sleep 0.05; done",
+            got = got.display(),
+            ready = ready.display()
+        );
+        let p = spawn(&mut s.exec_sh(&script));
+        wait_until(Duration::from_secs(10), || ready.exists());
+        let signum = match sig {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "HUP" => libc::SIGHUP,
+            "QUIT" => libc::SIGQUIT,
+            "USR1" => libc::SIGUSR1,
+            _ => libc::SIGUSR2,
+        };
+        p.signal(signum);
+        let r = p.finish(LIMIT);
+        r.assert_code(7);
+        assert_eq!(
+            std::fs::read_to_string(&got).unwrap(),
+            format!("got-{sig}\n")
+        );
+        assert_eq!(s.result_json()["exit_code"], 7);
+    }
+}
+
+/// The command's helpers (its process group) get the signal too, and a command that dies of the
+/// forwarded signal is reported as 128+signal.
+#[test]
+fn sigterm_reaches_the_whole_group_and_death_by_it_is_143() {
+    let s = Scratch::new();
+    let ready = s.path().join("ready");
+    let script = format!(
+        // The helper's output goes elsewhere, so only its death, not a pipe it holds open, ends
+        // the test's wait for it.
+        "sleep 30 >/dev/null 2>&1 & echo $! > {ready}.pid; mv {ready}.pid {ready}; wait",
+        ready = ready.display()
+    );
+    let p = spawn(&mut s.exec_sh(&script));
+    wait_until(Duration::from_secs(10), || ready.exists());
+    let grandchild: i32 = std::fs::read_to_string(&ready)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    p.signal(libc::SIGTERM);
+    let r = p.finish(LIMIT);
+    r.assert_code(143);
+    assert_eq!(s.result_json()["signal"], libc::SIGTERM);
+    // The background `sleep` was in the group and got SIGTERM as well.
+    wait_until(Duration::from_secs(5), || {
+        // SAFETY: signal 0 only checks whether the process exists.
+        unsafe { libc::kill(grandchild, 0) != 0 }
+    });
+}
+
+#[test]
+fn commands_that_cannot_start_are_127_or_126_with_a_failure_result() {
+    let s = Scratch::new();
+    let mut c = notifier();
+    c.arg("exec")
+        .arg("--result")
+        .arg(s.result())
+        .args(["--", "/nonexistent/restic", "backup"]);
+    let r = run(&mut c, LIMIT);
+    r.assert_code(127);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot run \"/nonexistent/restic\""),
+        "{}",
+        r.stderr
+    );
+    let result = s.result_json();
+    assert_eq!(result["exit_code"], 127);
+    assert!(result["error"].as_str().unwrap().contains("cannot run"));
+
+    let script = s.path().join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = notifier();
+    c.arg("exec")
+        .arg("--result")
+        .arg(s.result())
+        .arg("--")
+        .arg(&script);
+    let r = run(&mut c, LIMIT);
+    r.assert_code(126);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert_eq!(s.result_json()["exit_code"], 126);
+}
+
+#[test]
+fn the_lock_is_held_while_the_command_runs_and_released_after() {
+    let s = Scratch::new();
+    let go = s.path().join("go");
+    let p = spawn(&mut s.exec_sh(&format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exit 0",
+        go.display()
+    )));
+    s.wait_locked();
+    assert!(!s.result().exists(), "no result while the command runs");
+    std::fs::write(&go, "").unwrap();
+    p.finish(LIMIT).assert_code(0);
+    assert_eq!(probe(&s.lock()).unwrap(), LockState::Released);
+    // Nothing but the result and the lock: no temporary file is left behind.
+    let mut names: Vec<String> = std::fs::read_dir(s.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "go")
+        .collect();
+    names.sort();
+    assert_eq!(names, ["result.json", "result.json.lock"]);
+}
+
+#[test]
+fn a_result_from_an_earlier_run_is_not_mistaken_for_this_one() {
+    let s = Scratch::new();
+    s.run_exec("exit 0").assert_code(0);
+    let go = s.path().join("go");
+    let p = spawn(&mut s.exec_sh(&format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exit 4",
+        go.display()
+    )));
+    s.wait_locked();
+    // Removed right after the new lock is published.
+    wait_until(Duration::from_secs(5), || !s.result().exists());
+    std::fs::write(&go, "").unwrap();
+    p.finish(LIMIT).assert_code(4);
+    assert_eq!(s.result_json()["exit_code"], 4);
+}
+
+#[test]
+fn bad_exec_arguments_are_one_line_and_125() {
+    for args in [
+        vec!["exec", "--result", "/tmp/x"],
+        vec!["exec", "--", "true"],
+        vec!["exec", "--bogus", "--result", "/tmp/x", "--", "true"],
+    ] {
+        let r = run(notifier().args(&args), LIMIT);
+        r.assert_code(125);
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(" ERROR "), "{}", r.stderr);
+    }
+    // A result directory that does not exist: the wrapper cannot take its lock and says so.
+    let r = run(
+        notifier().args(["exec", "--result", "/nonexistent/dir/r.json", "--", "true"]),
+        LIMIT,
+    );
+    r.assert_code(125);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/nonexistent/dir/r.json.lock"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn install_copies_itself_atomically_with_mode_0755() {
+    let s = Scratch::new();
+    let dest = s.path().join("backup-notifier");
+    let r = run(notifier().arg("install").arg(&dest), LIMIT);
+    r.assert_code(0);
+    let meta = std::fs::metadata(&dest).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(BIN).unwrap());
+    let v = run(std::process::Command::new(&dest).arg("--version"), LIMIT);
+    v.assert_code(0);
+    assert!(v.stdout.starts_with("backup-notifier "), "{}", v.stdout);
+
+    // Installing again replaces the file; a directory as DEST gets DEST/backup-notifier.
+    run(notifier().arg("install").arg(&dest), LIMIT).assert_code(0);
+    let sub = s.path().join("bin");
+    std::fs::create_dir(&sub).unwrap();
+    run(notifier().arg("install").arg(&sub), LIMIT).assert_code(0);
+    assert!(sub.join("backup-notifier").is_file());
+    let names: Vec<_> = std::fs::read_dir(s.path()).unwrap().collect();
+    assert_eq!(names.len(), 2, "no temporary file is left behind");
+
+    let r = run(
+        notifier()
+            .arg("install")
+            .arg(s.path().join("missing/backup-notifier")),
+        LIMIT,
+    );
+    r.assert_code(1);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+}
+
+/// The wrapper blocks the signals it forwards; the command must start with none blocked, or a
+/// forwarded signal would stay pending in it forever. (A shell would hide a leak, as dash
+/// clears its own mask, so the command here reads its mask directly.)
+#[test]
+fn the_command_starts_with_no_signal_blocked() {
+    let s = Scratch::new();
+    let mut c = notifier();
+    c.arg("exec").arg("--result").arg(s.result()).args([
+        "--",
+        "grep",
+        "^SigBlk:",
+        "/proc/self/status",
+    ]);
+    let r = run(&mut c, LIMIT);
+    r.assert_code(0);
+    assert_eq!(r.stdout.trim(), "SigBlk:\t0000000000000000");
+}
