@@ -119,7 +119,7 @@ async fn creates(a: CreatesArgs) -> Result<()> {
                 &a.namespace,
                 i,
             ))
-            .map(Object::VolumeBackup)?,
+            .map(|vb| Object::VolumeBackup(Box::new(vb)))?,
             Kind::Cronjob => {
                 serde_json::from_value::<CronJob>(fixtures::cron_job(&name, &a.namespace, i)?)
                     .map(|cj| Object::CronJob(Box::new(cj)))?
@@ -185,8 +185,9 @@ async fn creates(a: CreatesArgs) -> Result<()> {
     Ok(())
 }
 
+// Boxed: both are large, and a list of 500 is built before the clock starts.
 enum Object {
-    VolumeBackup(VolumeBackup),
+    VolumeBackup(Box<VolumeBackup>),
     CronJob(Box<CronJob>),
 }
 
