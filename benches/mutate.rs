@@ -1,0 +1,116 @@
+//! The admission logic without HTTP or TLS: what one `/mutate` and one `/validate` request cost
+//! in the handler itself. tools/bench runs this and copies the figures into BENCHMARKS.md.
+//!
+//! - `mutate/inject` is `inject::mutate` on the JSON of a realistic labelled CronJob (the patch
+//!   computation alone);
+//! - `mutate/review` is the whole handler path: decode the review body, re-encode the object as
+//!   JSON (as the handler does), compute the patch, encode the response review;
+//! - `validate/review` is decode + `admission::validate::validate` on a VolumeBackup review.
+//!
+//! The `*/step:…` functions time single steps of those paths, so BENCHMARKS.md can say where the
+//! time goes (and what the same work costs done differently):
+//! - `step:decode_review`: `admission::decode_review` (into `AdmissionRequest<DynamicObject>`);
+//! - `step:parse_value`: the same bytes parsed into a plain `serde_json::Value`, for comparison;
+//! - `step:to_value`: the handler's re-encoding of the decoded `DynamicObject` into a `Value`;
+//! - `step:clone_object`: one clone (and drop) of the CronJob `Value`, which `inject::mutate`
+//!   makes as its working copy;
+//! - `step:encode_response`: `with_patch` plus encoding the response review.
+
+mod fixtures;
+
+use std::hint::black_box;
+
+use backup_operator::admission::{decode_review, validate};
+use backup_operator::inject;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kube::core::admission::AdmissionResponse;
+
+fn bench_mutate(c: &mut Criterion) {
+    let review = fixtures::mutate_review().expect("building the CronJob review");
+    let body = serde_json::to_vec(&review).expect("encoding the CronJob review");
+    let object = review["request"]["object"].clone();
+    let cfg = fixtures::injector();
+    assert!(
+        inject::mutate(&object, &cfg).injected,
+        "the fixture must be a CronJob that gets the notifier"
+    );
+
+    let mut g = c.benchmark_group("mutate");
+    g.bench_function("inject", |b| {
+        b.iter(|| inject::mutate(black_box(&object), &cfg))
+    });
+    g.bench_function("step:decode_review", |b| {
+        b.iter(|| decode_review(black_box(&body)).expect("decodes"))
+    });
+    g.bench_function("step:parse_value", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).expect("parses"))
+    });
+    let req = decode_review(&body).expect("the fixture decodes");
+    let decoded = req.object.as_ref().expect("the review has an object");
+    g.bench_function("step:to_value", |b| {
+        b.iter(|| serde_json::to_value(black_box(decoded)).expect("re-encodes"))
+    });
+    g.bench_function("step:clone_object", |b| {
+        b.iter(|| black_box(&object).clone())
+    });
+    let patch = inject::mutate(&object, &cfg).patch;
+    g.bench_function("step:encode_response", |b| {
+        b.iter(|| {
+            let resp = AdmissionResponse::from(&req)
+                .with_patch(json_patch::Patch(black_box(&patch).clone()))
+                .expect("patch encodes");
+            serde_json::to_vec(&resp.into_review()).expect("response encodes")
+        })
+    });
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("review", |b| {
+        b.iter(|| {
+            let req = decode_review(black_box(&body)).expect("decodes");
+            let json = serde_json::to_value(req.object.as_ref().expect("has an object"))
+                .expect("re-encodes");
+            let m = inject::mutate(&json, &cfg);
+            let resp = AdmissionResponse::from(&req)
+                .with_patch(json_patch::Patch(m.patch))
+                .expect("patch encodes");
+            serde_json::to_vec(&resp.into_review()).expect("response encodes")
+        })
+    });
+    g.finish();
+}
+
+fn bench_validate(c: &mut Criterion) {
+    let body = serde_json::to_vec(&fixtures::validate_review()).expect("encoding the review");
+    let policy = fixtures::policy();
+    let req = decode_review(&body).expect("the fixture decodes");
+    assert!(
+        validate::validate(&req, &policy).denials.is_empty(),
+        "the fixture must be allowed"
+    );
+
+    let mut g = c.benchmark_group("validate");
+    g.bench_function("decision", |b| {
+        b.iter(|| validate::validate(black_box(&req), &policy))
+    });
+    g.bench_function("step:decode_review", |b| {
+        b.iter(|| decode_review(black_box(&body)).expect("decodes"))
+    });
+    g.bench_function("step:parse_value", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).expect("parses"))
+    });
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("review", |b| {
+        b.iter(|| {
+            let req = decode_review(black_box(&body)).expect("decodes");
+            let verdict = validate::validate(&req, &policy);
+            let resp = AdmissionResponse::from(&req);
+            (
+                verdict,
+                serde_json::to_vec(&resp.into_review()).expect("encodes"),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_mutate, bench_validate);
+criterion_main!(benches);
