@@ -77,7 +77,7 @@ fn env_of(container: &Value) -> std::collections::BTreeMap<String, String> {
 #[test]
 fn sidecar_injection_has_the_documented_shape() {
     let cj = cron_job(restic_pod(), default_annotations());
-    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
     assert!(m.injected && m.warnings.is_empty(), "{m:?}");
     let out = apply(&cj, &m.patch);
     let p = pod(&out);
@@ -151,7 +151,7 @@ fn sidecar_injection_has_the_documented_shape() {
 fn mutating_a_mutated_cron_job_yields_an_empty_patch_even_with_apiserver_defaults() {
     let cj = cron_job(restic_pod(), default_annotations());
     let cfg = config(NotifierMode::Sidecar);
-    let mut once = apply(&cj, &inject::mutate(&cj, &cfg).patch);
+    let mut once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
     // What the apiserver adds when it stores the object must not look like drift.
     for c in pod(&once)["initContainers"]
         .as_array()
@@ -167,7 +167,7 @@ fn mutating_a_mutated_cron_job_yields_an_empty_patch_even_with_apiserver_default
     }
     once["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"] =
         json!("16Mi");
-    let again = inject::mutate(&once, &cfg);
+    let again = inject::mutate(once.clone(), &cfg);
     assert!(again.patch.is_empty(), "{:?}", again.patch);
     assert!(again.injected);
 }
@@ -176,14 +176,14 @@ fn mutating_a_mutated_cron_job_yields_an_empty_patch_even_with_apiserver_default
 fn a_changed_url_updates_the_notifier_in_place() {
     let cfg = config(NotifierMode::Sidecar);
     let cj = cron_job(restic_pod(), default_annotations());
-    let mut once = apply(&cj, &inject::mutate(&cj, &cfg).patch);
+    let mut once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
     once["metadata"]["annotations"]["backups.k8s.bnerd.com/webhook-success"] =
         json!("https://hooks.example.com/new");
     once["metadata"]["annotations"]
         .as_object_mut()
         .unwrap()
         .remove("backups.k8s.bnerd.com/webhook-failure");
-    let m = inject::mutate(&once, &cfg);
+    let m = inject::mutate(once.clone(), &cfg);
     assert_eq!(m.patch.len(), 1, "only the notifier changes: {:?}", m.patch);
     let twice = apply(&once, &m.patch);
     let init = pod(&twice)["initContainers"].as_array().unwrap();
@@ -203,7 +203,7 @@ fn container_mode_and_switching_modes_keep_exactly_one_notifier() {
     let cj = cron_job(restic_pod(), default_annotations());
     let as_container = apply(
         &cj,
-        &inject::mutate(&cj, &config(NotifierMode::Container)).patch,
+        &inject::mutate(cj.clone(), &config(NotifierMode::Container)).patch,
     );
     let p = pod(&as_container);
     assert_eq!(p["initContainers"].as_array().unwrap().len(), 1);
@@ -215,7 +215,7 @@ fn container_mode_and_switching_modes_keep_exactly_one_notifier() {
 
     let back = apply(
         &as_container,
-        &inject::mutate(&as_container, &config(NotifierMode::Sidecar)).patch,
+        &inject::mutate(as_container.clone(), &config(NotifierMode::Sidecar)).patch,
     );
     let p = pod(&back);
     assert_eq!(p["containers"].as_array().unwrap().len(), 1);
@@ -238,7 +238,7 @@ fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
         .unwrap()
         .remove("command");
     let cj = cron_job(no_command, default_annotations());
-    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
     assert!(m.patch.is_empty() && !m.injected);
     assert!(
         m.warnings[0].contains("container \"backup\" has no command"),
@@ -249,7 +249,7 @@ fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
     let mut ann = default_annotations();
     ann["backups.k8s.bnerd.com/notify-container"] = json!("restic");
     let cj = cron_job(restic_pod(), ann);
-    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
     assert!(m.patch.is_empty());
     assert!(
         m.warnings[0].contains("names container \"restic\", which does not exist"),
@@ -262,7 +262,7 @@ fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
 fn unlabelled_cron_jobs_are_not_touched() {
     let mut cj = cron_job(restic_pod(), default_annotations());
     cj["metadata"]["labels"] = json!({"backups.k8s.bnerd.com/notify": "false"});
-    let m = inject::mutate(&cj, &config(NotifierMode::Sidecar));
+    let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
     assert!(m.patch.is_empty() && m.warnings.is_empty() && !m.injected);
 }
 
@@ -283,7 +283,7 @@ fn user_init_containers_and_mounts_are_kept_and_the_grace_period_is_raised() {
     let cj = cron_job(spec, ann);
     let out = apply(
         &cj,
-        &inject::mutate(&cj, &config(NotifierMode::Sidecar)).patch,
+        &inject::mutate(cj.clone(), &config(NotifierMode::Sidecar)).patch,
     );
     let p = pod(&out);
     let names: Vec<&str> = p["initContainers"]
@@ -422,7 +422,7 @@ proptest! {
         }
         let cj = cron_job(spec.clone(), ann);
         let cfg = config(if container_mode { NotifierMode::Container } else { NotifierMode::Sidecar });
-        let m = inject::mutate(&cj, &cfg);
+        let m = inject::mutate(cj.clone(), &cfg);
         let target_name = target.as_deref().unwrap_or("main");
         let target_exists = spec["containers"].as_array().unwrap().iter().any(|c| c["name"] == target_name);
         let has_command = spec["containers"].as_array().unwrap().iter().any(|c| c["name"] == target_name && c.get("command").is_some());
@@ -432,10 +432,25 @@ proptest! {
             return Ok(());
         }
         let once = apply(&cj, &m.patch);
-        let again = inject::mutate(&once, &cfg);
+        let again = inject::mutate(once.clone(), &cfg);
         prop_assert!(again.patch.is_empty(), "second patch not empty: {:?}", again.patch);
         prop_assert_eq!(apply(&once, &again.patch), once.clone());
         let restored = remove_injection(&once, spec.get("terminationGracePeriodSeconds"));
         prop_assert_eq!(restored, cj);
     }
+}
+
+/// The handler hands `inject::mutate` the decoded object through `admission::object_json`; it
+/// must be exactly the JSON the apiserver sent, or the patch's paths would not fit it.
+#[test]
+fn the_handler_sees_the_object_exactly_as_sent() {
+    let mut cj = cron_job(restic_pod(), default_annotations());
+    cj["metadata"]["uid"] = json!("6a1c3e55-0000-4000-8000-000000000001");
+    cj["metadata"]["creationTimestamp"] = json!("2026-11-26T10:00:00Z");
+    cj["status"] = json!({"lastScheduleTime": "2026-11-26T03:00:00Z"});
+    let decoded: kube::core::DynamicObject = serde_json::from_value(cj.clone()).unwrap();
+    assert_eq!(
+        backup_operator::admission::object_json(decoded).unwrap(),
+        cj
+    );
 }

@@ -212,30 +212,12 @@ async fn mutate_handler(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let req = match read_or_refuse(&state, "mutate", &headers, body).await {
+    let mut req = match read_or_refuse(&state, "mutate", &headers, body).await {
         Ok(r) => r,
         Err(refused) => return refused,
     };
     let mut response = AdmissionResponse::from(&req);
-    let is_cron_job = req.kind.group == "batch" && req.kind.kind == "CronJob";
-    let mutation = match (&req.object, is_cron_job, &req.operation) {
-        (Some(obj), true, Operation::Create | Operation::Update) => match serde_json::to_value(obj)
-        {
-            Ok(json) => inject::mutate(&json, &state.injector),
-            Err(e) => {
-                tracing::error!(uid = %req.uid, error = %e, "cannot re-encode the CronJob; leaving it unchanged");
-                inject::Mutation::default()
-            }
-        },
-        (_, false, _) => inject::Mutation {
-            warnings: vec![format!(
-                "backup-operator does not mutate {}/{}; check the webhook configuration's rules",
-                req.kind.group, req.kind.kind
-            )],
-            ..Default::default()
-        },
-        _ => inject::Mutation::default(),
-    };
+    let mutation = mutation_for(&mut req, &state.injector);
     if !mutation.warnings.is_empty() {
         response.warnings = Some(mutation.warnings.clone());
     }
@@ -268,6 +250,55 @@ async fn mutate_handler(
         "mutated"
     );
     review_response(response)
+}
+
+/// The mutating webhook's decision on one decoded review. Takes the object out of `req`: it is
+/// turned into the patch builder's working copy without a copy of its own.
+pub fn mutation_for(
+    req: &mut AdmissionRequest<DynamicObject>,
+    cfg: &InjectorConfig,
+) -> inject::Mutation {
+    let is_cron_job = req.kind.group == "batch" && req.kind.kind == "CronJob";
+    if !is_cron_job {
+        return inject::Mutation {
+            warnings: vec![format!(
+                "backup-operator does not mutate {}/{}; check the webhook configuration's rules",
+                req.kind.group, req.kind.kind
+            )],
+            ..Default::default()
+        };
+    }
+    match (req.object.take(), &req.operation) {
+        (Some(obj), Operation::Create | Operation::Update) => match object_json(obj) {
+            Ok(json) => inject::mutate(json, cfg),
+            Err(e) => {
+                tracing::error!(uid = %req.uid, error = %e, "cannot re-encode the CronJob; leaving it unchanged");
+                inject::Mutation::default()
+            }
+        },
+        _ => inject::Mutation::default(),
+    }
+}
+
+/// The object as the JSON the apiserver sent. Equal to `serde_json::to_value(&obj)`, but the
+/// body (`data`, the bulk of a CronJob) is moved rather than re-encoded.
+pub fn object_json(obj: DynamicObject) -> serde_json::Result<serde_json::Value> {
+    use serde_json::Value;
+    let mut map = match obj.data {
+        Value::Object(map) => map,
+        Value::Null => serde_json::Map::new(),
+        _ => {
+            return Err(serde::de::Error::custom(
+                "the object's body is not a JSON object",
+            ));
+        }
+    };
+    if let Some(types) = obj.types {
+        map.insert("apiVersion".into(), Value::String(types.api_version));
+        map.insert("kind".into(), Value::String(types.kind));
+    }
+    map.insert("metadata".into(), serde_json::to_value(&obj.metadata)?);
+    Ok(Value::Object(map))
 }
 
 async fn validate_handler(

@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 
 use backup_operator::{certs, crd, logging, serve, webhook_config};
 
+// Admission requests are allocation-heavy (JSON trees in and out); under load glibc's and
+// especially musl's malloc took ~40% of the CPU (BENCHMARKS.md, callgrind). The notifier keeps
+// the system allocator: it allocates little and stays small.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Trustworthy webhook notifications for VolumeBackup and S3Backup.
 ///
 /// One binary, three jobs: a validating webhook that rejects bad webhook URLs at admission time,

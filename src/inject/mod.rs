@@ -114,10 +114,11 @@ pub fn is_labelled(cron_job: &Value) -> bool {
         == Some("true")
 }
 
-/// Computes the patch for a labelled CronJob (`cron_job` is the object as JSON).
-pub fn mutate(cron_job: &Value, cfg: &InjectorConfig) -> Mutation {
+/// Computes the patch for a labelled CronJob (`cron_job` is the object as JSON; it becomes the
+/// patch's working copy, so the caller's object is not copied).
+pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
     let mut m = Mutation::default();
-    if !is_labelled(cron_job) {
+    if !is_labelled(&cron_job) {
         return m;
     }
     let ann = |key: &str| {
@@ -168,7 +169,8 @@ pub fn mutate(cron_job: &Value, cfg: &InjectorConfig) -> Mutation {
         return m;
     }
 
-    let mut b = PatchBuilder::new(cron_job.clone());
+    let notifier = notifier_container(cfg, &ann);
+    let mut b = PatchBuilder::new(cron_job);
     ensure_named(&mut b, "volumes", pod::VOLUME, volume(), None);
     ensure_named(
         &mut b,
@@ -177,7 +179,6 @@ pub fn mutate(cron_job: &Value, cfg: &InjectorConfig) -> Mutation {
         install_container(cfg),
         Some(0),
     );
-    let notifier = notifier_container(cfg, &ann);
     match cfg.mode {
         NotifierMode::Sidecar => {
             remove_named(&mut b, "containers", pod::NOTIFIER_CONTAINER);
