@@ -32,3 +32,22 @@ fn crds_are_the_output_of_backup_operator_crds() {
 fn webhook_configurations_are_the_output_of_backup_operator_webhooks() {
     assert_generated(&["webhooks"], "manifests/install/webhooks.yaml");
 }
+
+/// `backup-operator crds | head` is a normal thing to type: a reader that stops early is not an
+/// error and must not make the binary panic.
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_not_an_error() {
+    for args in [["crds"], ["webhooks"]] {
+        let mut child = Command::new(OPERATOR)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

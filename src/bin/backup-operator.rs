@@ -98,12 +98,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes generated YAML to stdout. A reader that closed the pipe early (`| head`) got what it
+/// wanted: that is not an error, and never a panic.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Crds => {
-            print!("{}", crd::crds_yaml()?);
-            Ok(())
-        }
+        Command::Crds => emit(&crd::crds_yaml()?),
         Command::Webhooks(a) => {
             let ca_bundle = match &a.ca_bundle_file {
                 Some(p) => Some(
@@ -124,8 +134,7 @@ fn run(command: Command) -> Result<()> {
                 ca_bundle,
                 excluded_namespaces: vec![a.namespace, "kube-system".into()],
             };
-            print!("{}", webhook_config::yaml(&settings)?);
-            Ok(())
+            emit(&webhook_config::yaml(&settings)?)
         }
         Command::Cert(CertCommand::Generate(a)) => {
             let mut dns = a.dns_names;

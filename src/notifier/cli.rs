@@ -1,7 +1,7 @@
 //! The `backup-notifier` command line: argument parsing, help texts, logging, exit codes.
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -477,8 +477,11 @@ fn send_main(args: &SendArgs) -> ExitCode {
     let delivered = rt.block_on(deliver_logged(&client, &url, &payload));
     rt.shutdown_background();
     match delivered {
+        // The outcome line is for a human; a closed stdout (`| head -0`) must not turn a
+        // delivery into a panic, and the exit code still says what happened.
         Ok(d) => {
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "delivered: {} payload to {} ({}): HTTP {} in {} ms",
                 args.status.as_str(),
                 d.target,
@@ -489,7 +492,8 @@ fn send_main(args: &SendArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "not delivered: {} payload to {}: {}: {}",
                 args.status.as_str(),
                 e.target,
