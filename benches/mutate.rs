@@ -13,13 +13,15 @@
 //! - `step:parse_value`: the same bytes parsed into a plain `serde_json::Value`, for comparison;
 //! - `step:object_json`: `admission::object_json`, the decoded `DynamicObject` as a `Value`;
 //! - `step:to_value`: the same done by `serde_json::to_value`, for comparison;
-//! - `step:encode_response`: `with_patch` plus encoding the response review.
+//! - `step:encode_response`: `with_patch` plus `admission::encode_review` (patch in base64).
 
 mod fixtures;
 
 use std::hint::black_box;
 
-use backup_operator::admission::{decode_review, mutation_for, object_json, validate};
+use backup_operator::admission::{
+    decode_review, encode_review, mutation_for, object_json, validate,
+};
 use backup_operator::inject;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use kube::core::admission::AdmissionResponse;
@@ -75,7 +77,7 @@ fn bench_mutate(c: &mut Criterion) {
             let resp = AdmissionResponse::from(&req)
                 .with_patch(json_patch::Patch(black_box(&patch).clone()))
                 .expect("patch encodes");
-            serde_json::to_vec(&resp.into_review()).expect("response encodes")
+            encode_review(resp).expect("response encodes")
         })
     });
     g.throughput(Throughput::Bytes(body.len() as u64));
@@ -87,7 +89,7 @@ fn bench_mutate(c: &mut Criterion) {
             let resp = AdmissionResponse::from(&req)
                 .with_patch(json_patch::Patch(m.patch))
                 .expect("patch encodes");
-            serde_json::to_vec(&resp.into_review()).expect("response encodes")
+            encode_review(resp).expect("response encodes")
         })
     });
     g.finish();
@@ -118,10 +120,7 @@ fn bench_validate(c: &mut Criterion) {
             let req = decode_review(black_box(&body)).expect("decodes");
             let verdict = validate::validate(&req, &policy);
             let resp = AdmissionResponse::from(&req);
-            (
-                verdict,
-                serde_json::to_vec(&resp.into_review()).expect("encodes"),
-            )
+            (verdict, encode_review(resp).expect("encodes"))
         })
     });
     g.finish();

@@ -174,6 +174,55 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
     );
 }
 
+/// The apiserver reads `response.patch` as a Go `[]byte`, which JSON carries as base64. The
+/// answer must be a base64 string that decodes to a JSON Patch, with `patchType: JSONPatch`.
+#[tokio::test]
+async fn mutate_answers_a_base64_json_patch() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path());
+    let op = Operator::start(&cert, &key, &["--no-controller"]);
+    let cron_job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": "nightly", "namespace": "default",
+            "labels": {"backups.k8s.bnerd.com/notify": "true"},
+            "annotations": {"backups.k8s.bnerd.com/webhook-success": "https://hooks.example.com/ok"},
+        },
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "backup", "image": "restic/restic", "command": ["restic", "backup", "/data"]}],
+        }}}}},
+    });
+    let body = serde_json::to_vec(&review("batch", "CronJob", "CREATE", cron_job, None)).unwrap();
+    let mut conn = connect(op.https, tls_client(&ca.cert)).await;
+    let (status, answer) = conn
+        .request("POST", "/mutate", Some("application/json"), body)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], true, "{answer}");
+    assert_eq!(response["patchType"], "JSONPatch", "{answer}");
+    let encoded = response["patch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("patch is not a base64 string: {answer}"));
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap();
+    let ops = patch.as_array().unwrap();
+    assert!(
+        ops.iter().any(|op| op["op"] == "add"
+            && op["path"] == "/spec/jobTemplate/spec/template/spec/initContainers"
+            && op["value"][0]["name"] == "notifier-install"),
+        "{patch:#}"
+    );
+}
+
 #[tokio::test]
 async fn readyz_answers_within_a_second_of_starting() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,15 +301,20 @@ async fn certificate_files_replaced_while_serving_are_picked_up_without_restart(
 
     // A broken rotation (a key that belongs to another certificate) keeps the old certificate.
     secret_volume_swap(dir.path(), 2, &second.cert, &first.key);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Wait for the reload attempt itself (file event or periodic re-read), not a fixed time:
+    // on a loaded machine a fixed sleep may end before the server looked.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !op.log().contains("serving certificate not reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload attempt logged: {}",
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         connect(op.https, tls.clone()).await.peer_cert,
         der(&first.cert)
-    );
-    assert!(
-        op.log().contains("serving certificate not reloaded"),
-        "{}",
-        op.log()
     );
 
     let rotated = Instant::now();
