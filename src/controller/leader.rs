@@ -1,6 +1,14 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go does it: a lease is
-//! taken over only after its record stayed unchanged for a whole lease duration *by our own
-//! clock* (no trust in other hosts' clocks), and every write is guarded by resourceVersion.
+//! Leader election on a `coordination.k8s.io/v1` Lease. As in client-go, a record is judged
+//! only by our own clock (no trust in other hosts' clocks, so `renewTime` is informational),
+//! every write is guarded by resourceVersion, and a leader that cannot renew within the renew
+//! deadline stops leading.
+//!
+//! Unlike client-go, a follower dates a changed record from the read *before* the one that
+//! showed the change (the renewal happened after that read was served), not from the moment it
+//! noticed, and it wakes exactly when the record expires instead of at its next poll. So a
+//! replica takes over at most one lease duration after the dead leader's last renewal, which
+//! is within one lease duration of its death, where client-go can take up to two retry
+//! periods longer. Why that is still safe is on [`Observer::read`].
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +28,81 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+impl LeaseConfig {
+    /// The timings client-go's defaults are proportioned by (15 s, 10 s, 2 s), with a shorter
+    /// retry period so that two reads of a follower stay well inside [`Self::max_read_gap`].
+    pub fn new(
+        namespace: String,
+        name: String,
+        identity: String,
+        lease_duration: Duration,
+    ) -> Self {
+        LeaseConfig {
+            namespace,
+            name,
+            identity,
+            lease_duration,
+            renew_deadline: lease_duration * 2 / 3,
+            retry_period: lease_duration / 10,
+        }
+    }
+
+    /// The longest time between two reads for which a follower dates a change from the
+    /// earlier one; see [`Observer::read`].
+    fn max_read_gap(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.renew_deadline) * 2 / 3
+    }
+}
+
+/// What a replica knows of the record in the Lease.
+#[derive(Default)]
+struct Observer {
+    /// The record last read, and the instant from which it counts as unchanged.
+    seen: Option<(LeaseSpec, Instant)>,
+    /// When the last read that was answered was sent.
+    last_read: Option<Instant>,
+}
+
+impl Observer {
+    /// Records a read, sent at `sent`, that returned `spec`.
+    ///
+    /// A changed record was written after the previous read was served, hence after that read
+    /// was sent, so the follower dates it from there when that read is less than
+    /// `max_read_gap` old. Safety: the holder's last successful renewal was sent at some
+    /// `t ≤ now`, and the holder stops leading at `t + renew_deadline` at the latest (see
+    /// [`run`]); the follower takes over no earlier than `previous read + lease_duration ≥
+    /// now − max_read_gap + lease_duration`, which is a third of `lease_duration −
+    /// renew_deadline` later (`max_read_gap` is the other two thirds). After a longer gap (slow
+    /// or failing reads) the change is dated from now, client-go's rule.
+    fn read(&mut self, spec: &LeaseSpec, sent: Instant, max_read_gap: Duration) {
+        let now = Instant::now();
+        if self.seen.as_ref().is_none_or(|(seen, _)| seen != spec) {
+            let since = match self.last_read {
+                Some(previous) if now.duration_since(previous) <= max_read_gap => previous,
+                _ => now,
+            };
+            self.seen = Some((spec.clone(), since));
+        }
+        self.last_read = Some(sent);
+    }
+
+    /// When the record last read stops binding us, if another replica holds it.
+    fn expiry(&self, cfg: &LeaseConfig) -> Option<Instant> {
+        let (spec, since) = self.seen.as_ref()?;
+        let holder = spec.holder_identity.as_deref().unwrap_or_default();
+        if holder.is_empty() || holder == cfg.identity {
+            return None;
+        }
+        Some(*since + record_duration(spec, cfg))
+    }
+}
+
+fn record_duration(spec: &LeaseSpec, cfg: &LeaseConfig) -> Duration {
+    spec.lease_duration_seconds.map_or(cfg.lease_duration, |s| {
+        Duration::from_secs(u64::try_from(s).unwrap_or(0))
+    })
+}
+
 /// Runs until `stop` turns true, publishing whether this process leads on `leading`. On stop
 /// the lease is released, so another replica takes over at once.
 pub async fn run(
@@ -28,52 +111,84 @@ pub async fn run(
     leading: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut observed: Option<(LeaseSpec, Instant)> = None;
-    let mut last_renew = Instant::now();
+    let mut observer = Observer::default();
+    // While leading: when the last successful renewal was sent. The write landed after that,
+    // so counting the deadline from here errs on the side of stepping down early.
+    let mut renewed: Option<Instant> = None;
     loop {
-        let is_leader = *leading.borrow();
-        match try_acquire_or_renew(&api, &cfg, &mut observed).await {
+        let sent = Instant::now();
+        // A leader's attempt may not outlive its deadline: a renewal stuck in a slow apiserver
+        // must not keep us leading past the point where a follower may take over.
+        let budget = renewed.map_or(cfg.renew_deadline, |at| {
+            cfg.renew_deadline.saturating_sub(at.elapsed())
+        });
+        let outcome = tokio::time::timeout(
+            budget,
+            try_acquire_or_renew(&api, &cfg, &mut observer, sent),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Attempt::TimedOut(budget)));
+        match outcome {
             Ok(true) => {
-                last_renew = Instant::now();
-                if !is_leader {
+                if renewed.is_none() {
                     tracing::info!(lease = %cfg.name, identity = %cfg.identity, "became the leader");
                     let _ = leading.send(true);
                 }
+                renewed = Some(sent);
             }
             Ok(false) => {
-                if is_leader {
+                if renewed.take().is_some() {
                     tracing::warn!(lease = %cfg.name, "lost the lease to another replica");
                     let _ = leading.send(false);
                 }
             }
-            Err(e) => {
-                tracing::warn!(lease = %cfg.name, error = %e, "lease update failed");
-                if is_leader && last_renew.elapsed() > cfg.renew_deadline {
-                    tracing::warn!(lease = %cfg.name, "could not renew within the deadline; stepping down");
-                    let _ = leading.send(false);
-                }
-            }
+            Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "lease update failed"),
         }
+        if renewed.is_some_and(|at| at.elapsed() >= cfg.renew_deadline) {
+            tracing::warn!(lease = %cfg.name, "could not renew within the deadline; stepping down");
+            renewed = None;
+            let _ = leading.send(false);
+        }
+        let pause = match (renewed, observer.expiry(&cfg)) {
+            (Some(at), _) => cfg
+                .retry_period
+                .min(cfg.renew_deadline.saturating_sub(at.elapsed())),
+            (None, Some(expiry)) => cfg
+                .retry_period
+                .min(expiry.saturating_duration_since(Instant::now())),
+            (None, None) => cfg.retry_period,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(cfg.retry_period) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    if *leading.borrow() {
+    if renewed.is_some() {
         let _ = leading.send(false);
         release(&api, &cfg).await;
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Attempt {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
+/// One read and, when the lease is ours or free, one guarded write. `sent` is when the read
+/// goes out.
 async fn try_acquire_or_renew(
     api: &Api<Lease>,
     cfg: &LeaseConfig,
-    observed: &mut Option<(LeaseSpec, Instant)>,
-) -> Result<bool, kube::Error> {
+    observer: &mut Observer,
+    sent: Instant,
+) -> Result<bool, Attempt> {
     let secs = i32::try_from(cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let ours = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
         holder_identity: Some(cfg.identity.clone()),
@@ -95,24 +210,17 @@ async fn try_acquire_or_renew(
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     };
     let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.clone().unwrap_or_default();
-    let changed = observed.as_ref().is_none_or(|(o, _)| *o != spec);
-    if changed {
-        *observed = Some((spec.clone(), Instant::now()));
-    }
-    let held_for = observed
-        .as_ref()
-        .map_or(Duration::ZERO, |(_, at)| at.elapsed());
-    let duration = spec.lease_duration_seconds.map_or(cfg.lease_duration, |s| {
-        Duration::from_secs(u64::try_from(s).unwrap_or(0))
-    });
+    observer.read(&spec, sent, cfg.max_read_gap());
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
     let i_hold = holder == cfg.identity;
-    let free = holder.is_empty() || held_for > duration;
-    if !i_hold && !free {
+    let expired = observer
+        .expiry(cfg)
+        .is_none_or(|expiry| Instant::now() >= expiry);
+    if !i_hold && !expired {
         return Ok(false);
     }
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!i_hold);
@@ -123,13 +231,10 @@ async fn try_acquire_or_renew(
     };
     lease.spec = Some(ours(transitions, acquired));
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
-        Ok(stored) => {
-            *observed = stored.spec.map(|s| (s, Instant::now()));
-            Ok(true)
-        }
+        Ok(_) => Ok(true),
         // Someone else wrote first.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -148,5 +253,101 @@ async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
         Ok(_) => tracing::info!(lease = %cfg.name, "released the lease"),
         Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "could not release the lease"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(holder: &str, renewed: &str) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(6),
+            renew_time: Some(MicroTime(renewed.parse().unwrap())),
+            ..Default::default()
+        }
+    }
+
+    fn cfg() -> LeaseConfig {
+        LeaseConfig::new(
+            "ns".into(),
+            "lease".into(),
+            "me".into(),
+            Duration::from_secs(6),
+        )
+    }
+
+    #[test]
+    fn the_gap_bound_keeps_takeover_after_the_old_leaders_deadline() {
+        let c = cfg();
+        assert!(c.max_read_gap() + c.renew_deadline < c.lease_duration);
+        assert!(c.retry_period * 2 < c.max_read_gap());
+    }
+
+    #[test]
+    fn a_change_counts_from_the_previous_read_when_that_read_is_recent() {
+        let c = cfg();
+        let mut o = Observer::default();
+        let first = Instant::now();
+        o.read(
+            &record("other", "2026-01-01T00:00:00Z"),
+            first,
+            c.max_read_gap(),
+        );
+        // The first record ever seen counts from now: nothing says when it was written.
+        let since_first = o.seen.as_ref().unwrap().1;
+        assert!(since_first >= first);
+
+        let second = Instant::now();
+        o.read(
+            &record("other", "2026-01-01T00:00:01Z"),
+            second,
+            c.max_read_gap(),
+        );
+        assert_eq!(o.seen.as_ref().unwrap().1, first);
+        assert_eq!(o.expiry(&c), Some(first + Duration::from_secs(6)));
+
+        // Unchanged: still dated from the read before the change.
+        o.read(
+            &record("other", "2026-01-01T00:00:01Z"),
+            Instant::now(),
+            c.max_read_gap(),
+        );
+        assert_eq!(o.seen.as_ref().unwrap().1, first);
+    }
+
+    #[test]
+    fn after_a_long_gap_a_change_counts_from_now() {
+        let c = cfg();
+        let mut o = Observer {
+            seen: Some((record("other", "2026-01-01T00:00:00Z"), Instant::now())),
+            last_read: Instant::now().checked_sub(c.max_read_gap() * 2),
+        };
+        let before = Instant::now();
+        o.read(
+            &record("other", "2026-01-01T00:00:05Z"),
+            before,
+            c.max_read_gap(),
+        );
+        assert!(o.seen.as_ref().unwrap().1 >= before);
+    }
+
+    #[test]
+    fn our_own_or_a_released_record_never_blocks_us() {
+        let c = cfg();
+        let mut o = Observer::default();
+        o.read(
+            &record("me", "2026-01-01T00:00:00Z"),
+            Instant::now(),
+            c.max_read_gap(),
+        );
+        assert_eq!(o.expiry(&c), None);
+        o.read(
+            &record("", "2026-01-01T00:00:01Z"),
+            Instant::now(),
+            c.max_read_gap(),
+        );
+        assert_eq!(o.expiry(&c), None);
     }
 }

@@ -40,11 +40,23 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "backup-operator-leader")]
     pub lease_name: String,
     /// How long a Lease stays valid without renewal; a new leader takes over after this.
-    #[arg(long, default_value = "15s", value_parser = crate::serve::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
     /// This replica's identity in the Lease (default: the pod name, else host name and PID).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+}
+
+/// The Lease records whole seconds (`leaseDurationSeconds`), and the other replicas go by the
+/// record, so a duration it cannot hold exactly would make them take over early.
+fn parse_lease_duration(s: &str) -> Result<Duration, String> {
+    let d = crate::serve::parse_duration(s)?;
+    if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?} must be whole seconds, at least 1s (the Lease records seconds)"
+        ));
+    }
+    Ok(d)
 }
 
 fn identity(args: &ControllerArgs) -> String {
@@ -63,14 +75,12 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) {
     let identity = identity(&args);
-    let cfg = leader::LeaseConfig {
-        namespace: args.lease_namespace.clone(),
-        name: args.lease_name.clone(),
-        identity: identity.clone(),
-        lease_duration: args.lease_duration,
-        renew_deadline: args.lease_duration * 2 / 3,
-        retry_period: args.lease_duration / 7,
-    };
+    let cfg = leader::LeaseConfig::new(
+        args.lease_namespace.clone(),
+        args.lease_name.clone(),
+        identity.clone(),
+        args.lease_duration,
+    );
     let (lead_tx, mut leading) = watch::channel(false);
     let leases = Api::namespaced(client.clone(), &args.lease_namespace);
     let election = tokio::spawn(leader::run(leases, cfg, lead_tx, stop.clone()));
