@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use testkit::control_plane::wait_for;
 
 const WAIT: Duration = Duration::from_secs(60);
+const GC_WAIT: Duration = Duration::from_secs(180);
 
 fn condition(vb: &VolumeBackup, type_: &str) -> Option<(String, String)> {
     fixtures::condition(vb.status.as_ref(), type_)
@@ -199,7 +200,13 @@ async fn a_volume_backup_becomes_a_cron_job_with_the_notifier_and_follows_change
     vbs.delete("my-backup", &DeleteParams::background())
         .await
         .unwrap();
-    wait_for("the CronJob to be garbage-collected", WAIT, || async {
+    let deleted = std::time::Instant::now();
+    // kube-controller-manager's garbage collector learns of a new CRD on its 30 s discovery
+    // sync. This binary installed the CRDs moments ago, so the owner is deleted before the GC
+    // watches VolumeBackups: it then finds out only when its exponential-backoff recheck of the
+    // unobserved owner comes round (about 40 s here, more on a loaded machine). In a cluster
+    // whose CRDs are older than 30 s the CronJob goes at once.
+    wait_for("the CronJob to be garbage-collected", GC_WAIT, || async {
         anyhow::ensure!(
             cjs.get_opt("my-backup-backup").await?.is_none(),
             "CronJob still exists"
@@ -208,6 +215,7 @@ async fn a_volume_backup_becomes_a_cron_job_with_the_notifier_and_follows_change
     })
     .await
     .unwrap();
+    eprintln!("garbage-collected {:?} after the delete", deleted.elapsed());
 }
 
 #[tokio::test]
