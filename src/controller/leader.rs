@@ -153,10 +153,12 @@ pub async fn run(
             (Some(at), _) => cfg
                 .retry_period
                 .min(cfg.renew_deadline.saturating_sub(at.elapsed())),
-            (None, Some(expiry)) => cfg
+            // Wake exactly at expiry; once it has passed (the takeover failed, say on an
+            // unreachable apiserver), back to the retry period rather than a tight loop.
+            (None, Some(expiry)) if expiry > Instant::now() => cfg
                 .retry_period
                 .min(expiry.saturating_duration_since(Instant::now())),
-            (None, None) => cfg.retry_period,
+            (None, _) => cfg.retry_period,
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
