@@ -115,13 +115,13 @@ pub async fn run(
     // While leading: when the last successful renewal was sent. The write landed after that,
     // so counting the deadline from here errs on the side of stepping down early.
     let mut renewed: Option<Instant> = None;
+    let deadline_left =
+        |renewed_at: Instant| cfg.renew_deadline.saturating_sub(renewed_at.elapsed());
     loop {
         let sent = Instant::now();
         // A leader's attempt may not outlive its deadline: a renewal stuck in a slow apiserver
         // must not keep us leading past the point where a follower may take over.
-        let budget = renewed.map_or(cfg.renew_deadline, |at| {
-            cfg.renew_deadline.saturating_sub(at.elapsed())
-        });
+        let budget = renewed.map_or(cfg.renew_deadline, deadline_left);
         let outcome = tokio::time::timeout(
             budget,
             try_acquire_or_renew(&api, &cfg, &mut observer, sent),
@@ -150,9 +150,7 @@ pub async fn run(
             let _ = leading.send(false);
         }
         let pause = match (renewed, observer.expiry(&cfg)) {
-            (Some(at), _) => cfg
-                .retry_period
-                .min(cfg.renew_deadline.saturating_sub(at.elapsed())),
+            (Some(at), _) => cfg.retry_period.min(deadline_left(at)),
             // Wake exactly at expiry; once it has passed (the takeover failed, say on an
             // unreachable apiserver), back to the retry period rather than a tight loop.
             (None, Some(expiry)) if expiry > Instant::now() => cfg
