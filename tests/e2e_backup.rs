@@ -10,13 +10,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use backup_operator::crd::{S3Backup, VolumeBackup};
-use common::cluster::{Cluster, Mode, cluster, kubectl_stdin};
+use common::cluster::{Cluster, Mode, cluster, kubectl_stdin, wait_for_event};
 use common::fixtures;
 use common::notify_scenario::expected;
 use common::pod_run::{NOTIFIER_IMAGE, pod_spec, runner};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use testkit::pod_runner::PodPhase;
 use testkit::receiver::{Receiver, Reply};
@@ -296,15 +296,7 @@ async fn a_volume_backup_is_backed_up_restored_and_notified_and_a_failure_reache
     })
     .await
     .unwrap();
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let warned = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .any(|e| e.reason.as_deref() == Some("BackupFailed"));
-    assert!(warned, "no BackupFailed event");
+    wait_for_event(&client, ns, "BackupFailed", None, Duration::from_secs(60)).await;
 
     // And the per-resource metrics say so.
     let labels = format!(r#"{{namespace="{ns}",kind="VolumeBackup",name="wrong-password"}}"#);

@@ -56,11 +56,17 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     ];
     let client = cp.client().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "backup-operator-system");
-    let holder = || async {
-        let lease = leases.get("backup-operator-leader").await?;
-        lease
+    let lease = || async {
+        leases
+            .get("backup-operator-leader")
+            .await?
             .spec
-            .and_then(|s| s.holder_identity)
+            .ok_or_else(|| anyhow::anyhow!("the Lease has no spec"))
+    };
+    let holder = || async {
+        lease()
+            .await?
+            .holder_identity
             .ok_or_else(|| anyhow::anyhow!("no holder"))
     };
     let leader = wait_for("a leader", Duration::from_secs(30), holder)
@@ -124,6 +130,12 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     );
 
     // Kill the leader without a chance to release the Lease (what a node failure looks like).
+    // Its last renewal is at or after this one.
+    let renewed_before_kill = lease()
+        .await
+        .unwrap()
+        .renew_time
+        .expect("the leader renews");
     replicas[li].1.signal(libc::SIGKILL);
     let killed = Instant::now();
     let killed_at = std::time::SystemTime::now();
@@ -141,12 +153,10 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     .unwrap();
     // The Lease's acquireTime is the follower's clock (the same host's) at the moment it took
     // over; the test's own polling only adds its poll interval on top.
-    let acquired = leases
-        .get("backup-operator-leader")
+    let acquired = lease()
         .await
         .unwrap()
-        .spec
-        .and_then(|s| s.acquire_time)
+        .acquire_time
         .expect("the new holder sets acquireTime");
     let took = std::time::SystemTime::from(acquired.0)
         .duration_since(killed_at)
@@ -155,9 +165,22 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
         "takeover {took:?} after the kill (lease duration {LEASE:?}), seen after {:?}",
         killed.elapsed()
     );
+    // Liveness: the follower counts the lease from when it saw the last renewal (one retry
+    // period after it at most) and looks again every retry period, so it takes over within the
+    // lease duration plus two retry periods; one more second covers API round trips.
+    let retry = LEASE / 10;
     assert!(
-        took <= LEASE,
-        "takeover took {took:?}, more than the lease duration"
+        took <= LEASE + 2 * retry + Duration::from_secs(1),
+        "takeover took {took:?}, lease duration {LEASE:?}"
+    );
+    // Safety: never before the old leader has given up leading (renew deadline = 2/3 of the
+    // lease duration after its last renewal).
+    let gap = std::time::SystemTime::from(acquired.0)
+        .duration_since(std::time::SystemTime::from(renewed_before_kill.0))
+        .unwrap_or_default();
+    assert!(
+        gap >= LEASE * 2 / 3,
+        "acquired {gap:?} after a renewal, before the old leader's renew deadline"
     );
 
     let out = kubectl_stdin(

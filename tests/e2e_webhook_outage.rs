@@ -8,10 +8,12 @@ mod common;
 use std::time::Duration;
 
 use backup_operator::crd::VolumeBackup;
-use common::cluster::{Mode, cluster, kubectl_ok, kubectl_stdin, register_webhooks};
+use common::cluster::{
+    Mode, cluster, kubectl_ok, kubectl_stdin, register_webhooks, wait_for_event,
+    wait_until_mutating_webhook_acts,
+};
 use common::fixtures;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use testkit::control_plane::wait_for;
 
 fn manifest(ns: &str, success: &str) -> String {
@@ -74,6 +76,7 @@ async fn notifier_injected_reports_a_webhook_outage_and_heals() {
         c.cp,
         &["delete", "mutatingwebhookconfiguration", "backup-operator"],
     );
+    wait_until_mutating_webhook_acts(c.cp, false, &|| c.operator.log());
     apply("https://hooks.example.com/two");
     let (_, reason, message) = wait_for("NotifierInjected=False", wait, || async {
         let got = notifier_injected(&vbs).await?;
@@ -84,17 +87,7 @@ async fn notifier_injected_reports_a_webhook_outage_and_heals() {
     .unwrap();
     assert_eq!(reason, "NotifierMissing");
     assert!(message.contains("notifier"), "{message}");
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let warned = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .any(|e| {
-            e.reason.as_deref() == Some("NotifierMissing") && e.type_.as_deref() == Some("Warning")
-        });
-    assert!(warned, "no NotifierMissing warning event");
+    wait_for_event(&client, ns, "NotifierMissing", Some("Warning"), wait).await;
 
     // The webhook is back: the controller's backoff re-applies and the condition heals.
     register_webhooks(c.cp, &c.operator, &c.certs.join("ca.crt"));

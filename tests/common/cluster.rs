@@ -153,7 +153,7 @@ spec:
     loop {
         let out = kubectl_stdin(cp, &["apply", "--dry-run=server", "-f", "-"], canary);
         if String::from_utf8_lossy(&out.stderr).contains("notifications cannot be sent there") {
-            return;
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -162,4 +162,87 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The two configurations are watched separately, so the mutating one is checked on its own.
+    wait_until_mutating_webhook_acts(cp, true, &|| op.log());
+}
+
+/// Whether a server-side dry run of a labelled CronJob comes back with the notifier injected.
+pub fn mutating_webhook_acts(cp: &ControlPlane) -> bool {
+    let canary = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: canary
+  namespace: default
+  labels: {backups.k8s.bnerd.com/notify: "true"}
+  annotations:
+    backups.k8s.bnerd.com/webhook-success: "https://hooks.example.com/canary"
+    backups.k8s.bnerd.com/notify-kind: VolumeBackup
+    backups.k8s.bnerd.com/notify-host: default-canary
+    backups.k8s.bnerd.com/notify-volume: canary
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: backup, image: busybox, command: ["true"]}]
+"#;
+    let out = kubectl_stdin(
+        cp,
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        canary,
+    );
+    assert!(
+        out.status.success(),
+        "dry run of the canary CronJob: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).contains("notifier-install")
+}
+
+/// Waits (60 s at most) until the apiserver calls the mutating webhook (`acts`) or has
+/// forgotten a deleted configuration (`!acts`): it notices configuration changes
+/// asynchronously.
+pub fn wait_until_mutating_webhook_acts(cp: &ControlPlane, acts: bool, log: &dyn Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mutating_webhook_acts(cp) != acts {
+        assert!(
+            Instant::now() < deadline,
+            "the mutating webhook still {} after 60s; operator log:\n{}",
+            if acts { "does not act" } else { "acts" },
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits for an Event with `reason` (and `type_`, when given) in `ns`. Events are published
+/// after the status patch a test usually waits for, so they are polled too, never read once.
+pub async fn wait_for_event(
+    client: &kube::Client,
+    ns: &str,
+    reason: &str,
+    type_: Option<&str>,
+    within: Duration,
+) {
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::{Api, ListParams};
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    testkit::control_plane::wait_for(&format!("a {reason} event"), within, || async {
+        let found = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && type_.is_none_or(|t| e.type_.as_deref() == Some(t))
+            });
+        anyhow::ensure!(found, "no {reason} event yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
 }

@@ -126,6 +126,32 @@ impl Proc {
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill failed");
     }
 
+    /// Waits (10 s at most) until the process catches `sig`, read from `SigCgt` in
+    /// /proc/PID/status: a signal sent before the handler is installed would kill it instead.
+    pub fn wait_handles(&self, sig: i32) {
+        let bit = 1u64 << (sig - 1);
+        let caught = || {
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+                .ok()
+                .and_then(|status| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("SigCgt:"))
+                        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                })
+                .is_some_and(|mask| mask & bit != 0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !caught() {
+            assert!(
+                Instant::now() < deadline,
+                "process {} does not catch signal {sig}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// True while the process has not exited.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

@@ -98,11 +98,11 @@ initContainers:
 - name: sidecar
   image: busybox
   restartPolicy: Always
-  command: [sh, -c, 'trap \"echo sidecar-term >> /data/order; exit 0\" TERM; while true; do sleep 0.05; done']
+  command: [sh, -c, 'trap \"echo sidecar-term >> /data/order; exit 0\" TERM; touch /data/trapped; while true; do sleep 0.05; done']
   volumeMounts: [{{name: data, mountPath: /data}}]
 - name: failing
   image: busybox
-  command: [sh, -c, 'sleep 0.3; echo failing >> /data/order; exit 3']
+  command: [sh, -c, 'until [ -e /data/trapped ]; do sleep 0.01; done; echo failing >> /data/order; exit 3']
   volumeMounts: [{{name: data, mountPath: /data}}]
 - name: never
   image: busybox
@@ -182,19 +182,24 @@ containers:
 #[test]
 fn sidecar_ignoring_sigterm_is_killed_after_the_grace_period() {
     let dirs = Dirs::new();
-    let yaml = "
+    // Main ends only once the trap is set, or SIGTERM could kill the shell before it.
+    let yaml = format!(
+        "{DATA_VOLUME}
 terminationGracePeriodSeconds: 2
 initContainers:
 - name: stubborn
   image: busybox
   restartPolicy: Always
-  command: [sh, -c, 'trap \"echo ignoring TERM\" TERM; while true; do sleep 0.05; done']
+  command: [sh, -c, 'trap \"echo ignoring TERM\" TERM; touch /data/trapped; while true; do sleep 0.05; done']
+  volumeMounts: [{{name: data, mountPath: /data}}]
 containers:
 - name: main
   image: busybox
-  command: [sh, -c, 'sleep 0.2']
-";
-    let report = run(dirs.config(), yaml);
+  command: [sh, -c, 'until [ -e /data/trapped ]; do sleep 0.01; done; sleep 0.2']
+  volumeMounts: [{{name: data, mountPath: /data}}]
+"
+    );
+    let report = run(dirs.config(), &yaml);
     assert_eq!(report.phase, PodPhase::Succeeded, "{report:#?}");
     let sidecar = container(&report, "stubborn");
     assert_eq!((sidecar.exit_code, sidecar.signal), (Some(137), Some(9)));
@@ -289,19 +294,20 @@ containers:
 #[test]
 fn dropping_the_handle_kills_the_pod() {
     let dirs = Dirs::new();
-    // `$$$$` is `$$` after Kubernetes expansion: the shell's pid.
+    // `$$$$` is `$$` after Kubernetes expansion: the shell's pid. Written through a rename so
+    // that the file is never seen empty.
     let yaml = format!(
         "{DATA_VOLUME}
 initContainers:
 - name: side
   image: busybox
   restartPolicy: Always
-  command: [sh, -c, 'trap \"\" TERM; echo $$$$ > /data/side; while true; do sleep 0.05; done']
+  command: [sh, -c, 'trap \"\" TERM; echo $$$$ > /data/side.tmp; mv /data/side.tmp /data/side; while true; do sleep 0.05; done']
   volumeMounts: [{{name: data, mountPath: /data}}]
 containers:
 - name: main
   image: busybox
-  command: [sh, -c, 'echo $$$$ > /data/main; exec sleep 60']
+  command: [sh, -c, 'echo $$$$ > /data/main.tmp; mv /data/main.tmp /data/main; exec sleep 60']
   volumeMounts: [{{name: data, mountPath: /data}}]
 "
     );
@@ -638,41 +644,49 @@ fn the_pod_directory_is_removed_afterwards() {
 #[test]
 fn a_sidecar_that_exits_is_restarted_while_the_pod_runs() {
     let dirs = Dirs::new();
+    // Main waits for four starts of the sidecar (at most 20 s) instead of a fixed time, so a
+    // loaded machine changes only how long it takes.
     let yaml = format!(
         "{DATA_VOLUME}
 initContainers:
 - name: flaky
   image: busybox
   restartPolicy: Always
-  command: [sh, -c, 'echo run >> /data/runs; exit 1']
+  command: [sh, -c, 'date +%s%N >> /data/runs; exit 1']
   volumeMounts: [{{name: data, mountPath: /data}}]
 containers:
 - name: main
   image: busybox
-  command: [sh, -c, 'sleep 1.5']
+  command: [sh, -c, 'for i in $(seq 2000); do [ $(cat /data/runs 2>/dev/null | wc -l) -ge 4 ] && exit 0; sleep 0.01; done; exit 1']
+  volumeMounts: [{{name: data, mountPath: /data}}]
 "
     );
     let report = run(dirs.config(), &yaml);
     assert_eq!(report.phase, PodPhase::Succeeded, "{report:#?}");
     let sidecar = container(&report, "flaky");
-    // Backoff 100 ms, 200 ms, 400 ms, 800 ms: at least three restarts in 1.5 s, and not a
-    // busy loop.
-    assert!(
-        (3..=6).contains(&sidecar.restarts),
-        "restarts: {}",
-        sidecar.restarts
-    );
+    let runs: Vec<Timestamp> = dirs.data("runs").lines().map(nanos).collect();
+    assert!(runs.len() >= 4, "runs: {runs:?}");
+    // Restarted with the kubelet's doubling backoff (100 ms, 200 ms, 400 ms here), not in a
+    // busy loop: each start is at least its backoff after the previous one.
+    for (i, backoff_ms) in [100, 200, 400].into_iter().enumerate() {
+        let gap = runs[i + 1].duration_since(runs[i]);
+        assert!(
+            gap >= k8s_openapi::jiff::SignedDuration::from_millis(backoff_ms - 10),
+            "start {} came {gap:?} after start {i}, backoff {backoff_ms} ms",
+            i + 1
+        );
+    }
     // Every start ran the command, except that the termination sequence may SIGTERM the last
-    // start before its `echo` (or between `echo` and `exit`).
-    let runs = dirs.data("runs").lines().count() as u32;
-    let starts = sidecar.restarts + 1;
+    // start before its `date` (or between `date` and `exit`).
+    let starts = sidecar.restarts as usize + 1;
     if sidecar.signal.is_some() {
         assert!(
-            (starts - 1..=starts).contains(&runs),
-            "runs {runs}, starts {starts}, last start killed: {sidecar:#?}"
+            (starts - 1..=starts).contains(&runs.len()),
+            "runs {}, starts {starts}, last start killed: {sidecar:#?}",
+            runs.len()
         );
     } else {
-        assert_eq!(runs, starts, "{sidecar:#?}");
+        assert_eq!(runs.len(), starts, "{sidecar:#?}");
     }
 }
 
