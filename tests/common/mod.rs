@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backup_operator::certs::{self, PemPair};
 use http_body_util::{BodyExt, Full};
@@ -73,8 +73,6 @@ pub struct Operator {
     pub child: Child,
     pub https: SocketAddr,
     pub admin: SocketAddr,
-    pub started: Instant,
-    pub ready_line_after: Duration,
     log: Arc<Mutex<String>>,
 }
 
@@ -108,7 +106,6 @@ impl Operator {
     }
 
     fn spawn(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Operator {
-        let started = Instant::now();
         let mut cmd = Command::new(OPERATOR);
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -147,8 +144,6 @@ impl Operator {
         Operator {
             https: field("https"),
             admin: field("admin"),
-            ready_line_after: started.elapsed(),
-            started,
             child,
             log,
         }
