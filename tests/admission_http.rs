@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
+use testkit::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn one_line(body: &str) -> bool {
@@ -249,17 +250,15 @@ async fn readyz_turns_ok_once_tls_serves() {
     let op = Operator::start(&cert, &key, &["--no-controller"]);
     // How fast readiness comes is a benchmark matter; here only that it comes, and that it
     // means what it says. The bound only stops a hang.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for("readiness", Duration::from_secs(30), || async {
         let (status, body) = fixtures::http_get(op.admin, "/readyz").await;
-        if status == 200 {
-            assert_eq!(body.trim(), "ok");
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(Instant::now() < deadline, "not ready after 30 s: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        assert!(status == 200 || status == 503, "{status}: {body}");
+        anyhow::ensure!(status == 200, "not ready: {body}");
+        assert_eq!(body.trim(), "ok");
+        Ok(())
+    })
+    .await
+    .unwrap();
     let mut conn = connect(op.https, tls_client(&ca.cert)).await;
     let (status, _) = conn
         .request("GET", "/validate", Some("application/json"), Vec::new())
@@ -325,15 +324,12 @@ async fn certificate_files_replaced_while_serving_are_picked_up_without_restart(
     secret_volume_swap(dir.path(), 2, &second.cert, &first.key);
     // Wait for the reload attempt itself (file event or periodic re-read), not a fixed time:
     // on a loaded machine a fixed sleep may end before the server looked.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !op.log().contains("serving certificate not reloaded") {
-        assert!(
-            Instant::now() < deadline,
-            "no reload attempt logged: {}",
-            op.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(
+        &op,
+        "serving certificate not reloaded",
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(
         connect(op.https, tls.clone()).await.peer_cert,
         der(&first.cert)
@@ -356,11 +352,12 @@ async fn certificate_files_replaced_while_serving_are_picked_up_without_restart(
         rotated.elapsed()
     );
     // The certificate is swapped in before the line is logged, and stderr is read by a thread.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !op.log().contains("loaded a new serving certificate") {
-        assert!(Instant::now() < deadline, "reload not logged: {}", op.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(
+        &op,
+        "loaded a new serving certificate",
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -457,33 +454,41 @@ async fn raw_tls(
 
 async fn wait_in_flight(op: &Operator, want: u64) {
     const GAUGE: &str = "backup_operator_webhook_requests_in_flight ";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for("requests in flight", Duration::from_secs(30), || async {
         let (_, metrics) = fixtures::http_get(op.admin, "/metrics").await;
         let now = metrics
             .lines()
             .find_map(|l| l.strip_prefix(GAUGE))
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if now == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "requests in flight {now:?}, want {want}; metrics:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        anyhow::ensure!(now == Some(want), "{now:?} in flight, want {want}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The operator's stderr is read by a thread, so a line may come after what it reports.
+async fn wait_logged(op: &Operator, text: &str, within: Duration) {
+    wait_for(text, within, || async {
+        anyhow::ensure!(op.log().contains(text), "not logged:\n{}", op.log());
+        Ok(())
+    })
+    .await
+    .unwrap();
 }
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
+    let mut code = None;
+    testkit::poll(limit, Duration::from_millis(20), || {
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                code = status.code();
+                true
+            }
+            None => false,
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    });
+    code
 }
 
 /// Without a reachable cluster and without --no-controller, `serve` fails at once with one line

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::control_plane::ControlPlane;
 
@@ -113,6 +113,9 @@ pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], yaml: &str) -> std::proce
     child.wait_with_output().unwrap()
 }
 
+/// Each webhook probe is a kubectl run; no need to hammer the apiserver.
+const WEBHOOK_POLL: Duration = Duration::from_millis(300);
+
 /// Registers both webhook configurations for `op` and waits until the validating one acts.
 pub fn register_webhooks(cp: &ControlPlane, op: &Operator, ca: &Path) {
     let out = Command::new(OPERATOR)
@@ -149,19 +152,15 @@ spec:
   repository: {url: /tmp/canary, passwordSecretRef: {name: canary, key: password}}
   webhooks: {failure: "https://169.254.169.254/canary"}
 "#;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let validating_acts = || {
         let out = kubectl_stdin(cp, &["apply", "--dry-run=server", "-f", "-"], canary);
-        if String::from_utf8_lossy(&out.stderr).contains("notifications cannot be sent there") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the validating webhook did not act within 60s; operator log:\n{}",
-            op.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        String::from_utf8_lossy(&out.stderr).contains("notifications cannot be sent there")
+    };
+    assert!(
+        testkit::poll(Duration::from_secs(60), WEBHOOK_POLL, validating_acts),
+        "the validating webhook did not act within 60s; operator log:\n{}",
+        op.log()
+    );
     // The two configurations are watched separately, so the mutating one is checked on its own.
     wait_until_mutating_webhook_acts(cp, true, &|| op.log());
 }
@@ -206,16 +205,14 @@ spec:
 /// forgotten a deleted configuration (`!acts`): it notices configuration changes
 /// asynchronously.
 pub fn wait_until_mutating_webhook_acts(cp: &ControlPlane, acts: bool, log: &dyn Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while mutating_webhook_acts(cp) != acts {
-        assert!(
-            Instant::now() < deadline,
-            "the mutating webhook still {} after 60s; operator log:\n{}",
-            if acts { "does not act" } else { "acts" },
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    assert!(
+        testkit::poll(Duration::from_secs(60), WEBHOOK_POLL, || {
+            mutating_webhook_acts(cp) == acts
+        }),
+        "the mutating webhook still {} after 60s; operator log:\n{}",
+        if acts { "does not act" } else { "acts" },
+        log()
+    );
 }
 
 /// Waits for an Event with `reason` (and `type_`, when given) in `ns`. Events are published

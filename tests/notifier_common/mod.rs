@@ -141,15 +141,11 @@ impl Proc {
                 })
                 .is_some_and(|mask| mask & bit != 0)
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !caught() {
-            assert!(
-                Instant::now() < deadline,
-                "process {} does not catch signal {sig}",
-                self.pid()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(
+            testkit::poll(Duration::from_secs(10), Duration::from_millis(10), caught),
+            "process {} does not catch signal {sig}",
+            self.pid()
+        );
     }
 
     /// True while the process has not exited.
@@ -268,15 +264,12 @@ impl Scratch {
     }
 }
 
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+#[track_caller]
+pub fn wait_until(limit: Duration, f: impl FnMut() -> bool) {
+    assert!(
+        testkit::poll(limit, Duration::from_millis(20), f),
+        "condition not met within {limit:?}"
+    );
 }
 
 /// A loopback port on which nothing listens and nothing can start listening while the returned

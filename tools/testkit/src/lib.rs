@@ -11,3 +11,21 @@ pub mod receiver;
 pub mod s3_server;
 
 pub use control_plane::{ControlPlane, TestNamespace, apply_crd, apply_crd_yaml, wait_for};
+
+use std::time::{Duration, Instant};
+
+/// Calls `check` every `every` until it holds or `limit` has passed, and says whether it held:
+/// the synchronous sibling of [`wait_for`], for tests without a runtime. The caller asserts,
+/// so its failure message can carry what it knows (a log, a pid).
+pub fn poll(limit: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
