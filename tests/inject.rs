@@ -440,17 +440,23 @@ proptest! {
     }
 }
 
-/// The handler hands `inject::mutate` the decoded object through `admission::object_json`; it
-/// must be exactly the JSON the apiserver sent, or the patch's paths would not fit it.
+/// The handler hands `inject::mutate` the object from `admission::decode_mutate_review`; it must
+/// be exactly the JSON the apiserver sent, or the patch's paths would not fit it.
 #[test]
 fn the_handler_sees_the_object_exactly_as_sent() {
     let mut cj = cron_job(restic_pod(), default_annotations());
     cj["metadata"]["uid"] = json!("6a1c3e55-0000-4000-8000-000000000001");
     cj["metadata"]["creationTimestamp"] = json!("2026-11-26T10:00:00Z");
     cj["status"] = json!({"lastScheduleTime": "2026-11-26T03:00:00Z"});
-    let decoded: kube::core::DynamicObject = serde_json::from_value(cj.clone()).unwrap();
-    assert_eq!(
-        backup_operator::admission::object_json(decoded).unwrap(),
-        cj
-    );
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "0d2e1c4a-7f4b-4f5e-9a55-3c1f4c1b2a99",
+        "kind": {"group": "batch", "version": "v1", "kind": "CronJob"},
+        "resource": {"group": "batch", "version": "v1", "resource": "cronjobs"},
+        "operation": "CREATE", "name": "nightly", "namespace": "default", "userInfo": {},
+        "object": cj,
+    }});
+    let req =
+        backup_operator::admission::decode_mutate_review(&serde_json::to_vec(&review).unwrap())
+            .unwrap();
+    assert_eq!(req.object, Some(cj));
 }

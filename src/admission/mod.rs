@@ -2,6 +2,7 @@
 //! hygiene (method, content type, size), decoding of `admission.k8s.io/v1` reviews, metrics, and
 //! dispatch to the validating and mutating logic.
 
+pub mod review;
 pub mod validate;
 
 use std::sync::Arc;
@@ -14,12 +15,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::Operation;
 
 use crate::inject::{self, InjectorConfig};
 use crate::metrics::{DecisionLabels, DenialLabels, Metrics, WebhookLabels};
 use crate::url_policy::UrlPolicy;
+pub use review::{Answer, MutateRequest, decode_mutate_review, decode_review};
 
 /// Largest request body read. etcd stores objects up to 1.5 MiB and an UPDATE review carries
 /// two of them, so 7 MiB leaves room while still refusing floods.
@@ -104,12 +105,8 @@ impl IntoResponse for BadRequest {
     }
 }
 
-/// Reads and decodes an AdmissionReview, enforcing content type and size.
-pub async fn read_review(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
+/// Reads a review's body, enforcing content type and size.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BadRequest> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -121,8 +118,7 @@ pub async fn read_review(
             format!("content type must be application/json, got {content_type:?}"),
         ));
     }
-    let bytes = read_limited(body, limit).await?;
-    decode_review(&bytes)
+    read_limited(body, limit).await
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, BadRequest> {
@@ -143,25 +139,24 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, BadRequest> {
     })
 }
 
-/// Decodes an `admission.k8s.io/v1` review (v1beta1 is refused, so it is never answered).
-pub fn decode_review(bytes: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
-    let bad = |m: String| BadRequest(StatusCode::BAD_REQUEST, m);
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(bytes)
-        .map_err(|e| bad(format!("request body is not an AdmissionReview: {e}")))?;
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
-        return Err(bad(format!(
-            "expected kind AdmissionReview in admission.k8s.io/v1, got {:?} in {:?}",
-            review.types.kind, review.types.api_version
-        )));
-    }
-    review
-        .try_into()
-        .map_err(|_| bad("AdmissionReview has no request".into()))
+/// Reads and decodes a review with `decode`, or answers why it cannot.
+async fn read_or_refuse<R>(
+    state: &AdmissionState,
+    webhook: &str,
+    headers: &HeaderMap,
+    body: Body,
+    decode: fn(&[u8]) -> Result<R, BadRequest>,
+) -> Result<R, Response> {
+    let read = read_body(headers, body, state.max_request_bytes).await;
+    read.and_then(|bytes| decode(&bytes)).map_err(|bad| {
+        tracing::warn!(status = bad.0.as_u16(), reason = %bad.1, "refused a malformed /{webhook} request");
+        bad.into_response()
+    })
 }
 
-/// Serialises the response review (uid and apiVersion echoed from the request).
-pub fn review_response(response: AdmissionResponse) -> Response {
-    match encode_review(response) {
+/// The answer as the HTTP response.
+fn reply(answer: &Answer) -> Response {
+    match answer.encode() {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -173,37 +168,6 @@ pub fn review_response(response: AdmissionResponse) -> Response {
             format!("could not encode the AdmissionReview response: {e}"),
         ),
     }
-}
-
-/// The response review as JSON, with the patch base64-encoded as the API's `[]byte` field
-/// expects. kube-core serialises `AdmissionResponse.patch` (a `Vec<u8>`) as an array of numbers
-/// (kube-rs #1781): the apiserver accepts that, but the answer grows 2.5× and Go decodes it
-/// element by element, ~10× slower (BENCHMARKS.md).
-pub fn encode_review(mut response: AdmissionResponse) -> serde_json::Result<Vec<u8>> {
-    use base64::Engine as _;
-    let Some(patch) = response.patch.take() else {
-        return serde_json::to_vec(&response.into_review());
-    };
-    // Without the patch the review is a few hundred bytes, so the detour through a Value is
-    // cheap; `patchType` stays, as `with_patch` set it.
-    let mut review = serde_json::to_value(response.into_review())?;
-    review["response"]["patch"] =
-        serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
-    serde_json::to_vec(&review)
-}
-
-async fn read_or_refuse(
-    state: &AdmissionState,
-    webhook: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<AdmissionRequest<DynamicObject>, Response> {
-    read_review(headers, body, state.max_request_bytes)
-        .await
-        .map_err(|bad| {
-            tracing::warn!(status = bad.0.as_u16(), reason = %bad.1, "refused a malformed /{webhook} request");
-            bad.into_response()
-        })
 }
 
 fn count_decision(
@@ -228,30 +192,24 @@ async fn mutate_handler(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut req = match read_or_refuse(&state, "mutate", &headers, body).await {
+    let mut req = match read_or_refuse(&state, "mutate", &headers, body, decode_mutate_review).await
+    {
         Ok(r) => r,
         Err(refused) => return refused,
     };
-    let mut response = AdmissionResponse::from(&req);
     let mutation = mutation_for(&mut req, &state.injector);
-    if !mutation.warnings.is_empty() {
-        response.warnings = Some(mutation.warnings.clone());
-    }
-    let decision = if mutation.patch.is_empty() {
-        "unchanged"
-    } else {
-        "patched"
-    };
+    let warnings = mutation.warnings.len();
     let ops = mutation.patch.len();
-    if !mutation.patch.is_empty() {
-        response = match response.with_patch(json_patch::Patch(mutation.patch)) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(uid = %req.uid, error = %e, "cannot encode the patch; leaving the CronJob unchanged");
-                AdmissionResponse::from(&req)
-            }
-        };
-    }
+    let patch = json_patch::Patch(mutation.patch);
+    let unchanged = Answer::allow(&req.uid).with_warnings(mutation.warnings);
+    let answer = match unchanged.with_patch(&patch) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(uid = %req.uid, error = %e, "cannot encode the patch; leaving the CronJob unchanged");
+            Answer::allow(&req.uid)
+        }
+    };
+    let decision = if ops == 0 { "unchanged" } else { "patched" };
     count_decision(&state, "mutate", &req.kind.kind, decision);
     tracing::info!(
         uid = %req.uid,
@@ -262,18 +220,15 @@ async fn mutate_handler(
         decision,
         injected = mutation.injected,
         ops,
-        warnings = mutation.warnings.len(),
+        warnings,
         "mutated"
     );
-    review_response(response)
+    reply(&answer)
 }
 
-/// The mutating webhook's decision on one decoded review. Takes the object out of `req`: it is
-/// turned into the patch builder's working copy without a copy of its own.
-pub fn mutation_for(
-    req: &mut AdmissionRequest<DynamicObject>,
-    cfg: &InjectorConfig,
-) -> inject::Mutation {
+/// The mutating webhook's decision on one decoded review. Takes the object out of `req`: it
+/// becomes the patch builder's working copy without a copy of its own.
+pub fn mutation_for(req: &mut MutateRequest, cfg: &InjectorConfig) -> inject::Mutation {
     let is_cron_job = req.kind.group == "batch" && req.kind.kind == "CronJob";
     if !is_cron_job {
         return inject::Mutation {
@@ -285,36 +240,9 @@ pub fn mutation_for(
         };
     }
     match (req.object.take(), &req.operation) {
-        (Some(obj), Operation::Create | Operation::Update) => match object_json(obj) {
-            Ok(json) => inject::mutate(json, cfg),
-            Err(e) => {
-                tracing::error!(uid = %req.uid, error = %e, "cannot re-encode the CronJob; leaving it unchanged");
-                inject::Mutation::default()
-            }
-        },
+        (Some(obj), Operation::Create | Operation::Update) => inject::mutate(obj, cfg),
         _ => inject::Mutation::default(),
     }
-}
-
-/// The object as the JSON the apiserver sent. Equal to `serde_json::to_value(&obj)`, but the
-/// body (`data`, the bulk of a CronJob) is moved rather than re-encoded.
-pub fn object_json(obj: DynamicObject) -> serde_json::Result<serde_json::Value> {
-    use serde_json::Value;
-    let mut map = match obj.data {
-        Value::Object(map) => map,
-        Value::Null => serde_json::Map::new(),
-        _ => {
-            return Err(serde::de::Error::custom(
-                "the object's body is not a JSON object",
-            ));
-        }
-    };
-    if let Some(types) = obj.types {
-        map.insert("apiVersion".into(), Value::String(types.api_version));
-        map.insert("kind".into(), Value::String(types.kind));
-    }
-    map.insert("metadata".into(), serde_json::to_value(&obj.metadata)?);
-    Ok(Value::Object(map))
 }
 
 async fn validate_handler(
@@ -322,16 +250,13 @@ async fn validate_handler(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let req = match read_or_refuse(&state, "validate", &headers, body).await {
+    let req = match read_or_refuse(&state, "validate", &headers, body, decode_review).await {
         Ok(r) => r,
         Err(refused) => return refused,
     };
     let verdict = validate::validate(&req, &state.policy);
     let kind = req.kind.kind.clone();
-    let mut response = AdmissionResponse::from(&req);
-    if !verdict.warnings.is_empty() {
-        response.warnings = Some(verdict.warnings.clone());
-    }
+    let mut answer = Answer::allow(&req.uid).with_warnings(verdict.warnings.clone());
     let decision = if verdict.denials.is_empty() {
         "allowed"
     } else {
@@ -345,10 +270,7 @@ async fn validate_handler(
                 })
                 .inc();
         }
-        response = response.deny(verdict.message());
-        // 403 makes kubectl say "Error from server (Forbidden)" instead of a bare 400.
-        response.result.code = 403;
-        response.result.reason = "Forbidden".into();
+        answer = answer.deny(verdict.message());
         "denied"
     };
     count_decision(&state, "validate", &kind, decision);
@@ -363,7 +285,7 @@ async fn validate_handler(
         warnings = verdict.warnings.len(),
         "validated"
     );
-    review_response(response)
+    reply(&answer)
 }
 
 /// Keeps the metric's label set bounded whatever kinds a misconfigured webhook sends.

@@ -1,0 +1,234 @@
+//! `admission.k8s.io/v1` reviews on the wire: the requests as each webhook reads them, and the
+//! answer both send.
+//!
+//! `/validate` decodes kube-core's `AdmissionRequest<DynamicObject>`. `/mutate` reads only what
+//! the injector needs, with the object straight into the `serde_json::Value` the patch is built
+//! against: through `DynamicObject` (which flattens its body, so serde buffers it in `Content`
+//! first) and back into a `Value`, that was a third of a `/mutate` (BENCHMARKS.md). The answer is
+//! our own type because kube-core's `AdmissionResponse` serialises the patch as an array of
+//! numbers instead of the base64 string a Go `[]byte` is in JSON (kube-rs #1781), and can only be
+//! made from its own request type.
+
+use axum::http::StatusCode;
+use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::{DynamicObject, GroupVersionKind, TypeMeta};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::BadRequest;
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+const KIND: &str = "AdmissionReview";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<R> {
+    api_version: String,
+    kind: String,
+    request: Option<R>,
+}
+
+/// Decodes a review's envelope and its request as `R` (v1beta1 is refused, so it is never
+/// answered in a version the apiserver did not ask for).
+fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
+    let bad = |m: String| BadRequest(StatusCode::BAD_REQUEST, m);
+    let review: Envelope<R> = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("request body is not an AdmissionReview: {e}")))?;
+    if review.api_version != API_VERSION || review.kind != KIND {
+        return Err(bad(format!(
+            "expected kind {KIND} in {API_VERSION}, got {:?} in {:?}",
+            review.kind, review.api_version
+        )));
+    }
+    review
+        .request
+        .ok_or_else(|| bad(format!("{KIND} has no request")))
+}
+
+/// A review as `/validate` reads it.
+pub fn decode_review(bytes: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
+    let mut req: AdmissionRequest<DynamicObject> = decode(bytes)?;
+    req.types = TypeMeta {
+        api_version: API_VERSION.into(),
+        kind: KIND.into(),
+    };
+    Ok(req)
+}
+
+/// What `/mutate` reads of a request; serde skips the rest (`oldObject` included) unparsed.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MutateRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    pub operation: Operation,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The object exactly as the apiserver sent it, so the patch's paths fit it.
+    #[serde(default)]
+    pub object: Option<Value>,
+}
+
+/// A review as `/mutate` reads it.
+pub fn decode_mutate_review(bytes: &[u8]) -> Result<MutateRequest, BadRequest> {
+    decode(bytes)
+}
+
+/// Why a review was denied, as `metav1.Status`.
+#[derive(Debug, Serialize)]
+struct Denial {
+    status: &'static str,
+    message: String,
+    reason: &'static str,
+    code: u16,
+}
+
+/// The `response` of the review we answer with.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    uid: String,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Denial>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    /// The patch as a JSON string of its base64: written as is, since base64 needs no escaping
+    /// and escaping it byte by byte was a tenth of a `/mutate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Reply<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: &'a Answer,
+}
+
+impl Answer {
+    /// Allowed, unchanged, for the request with this uid.
+    pub fn allow(uid: &str) -> Self {
+        Answer {
+            uid: uid.to_owned(),
+            allowed: true,
+            status: None,
+            patch_type: None,
+            patch: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Denied with `403 Forbidden`, which kubectl shows as "Error from server (Forbidden)"
+    /// rather than a bare 400.
+    pub fn deny(mut self, message: String) -> Self {
+        self.allowed = false;
+        self.status = Some(Denial {
+            status: "Failure",
+            message,
+            reason: "Forbidden",
+            code: 403,
+        });
+        self
+    }
+
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.warnings = warnings;
+        self
+    }
+
+    /// Allowed with this JSON Patch (none when it is empty).
+    pub fn with_patch(mut self, patch: &json_patch::Patch) -> serde_json::Result<Self> {
+        use base64::Engine as _;
+        if !patch.0.is_empty() {
+            let mut literal = String::from('"');
+            base64::engine::general_purpose::STANDARD
+                .encode_string(serde_json::to_vec(patch)?, &mut literal);
+            literal.push('"');
+            self.patch = Some(RawValue::from_string(literal)?);
+            self.patch_type = Some("JSONPatch");
+        }
+        Ok(self)
+    }
+
+    /// The whole response review as JSON.
+    pub fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&Reply {
+            api_version: API_VERSION,
+            kind: KIND,
+            response: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_denial_is_a_failure_status_with_the_message() {
+        let body = Answer::allow("u-1")
+            .deny("spec.schedule: not a cron expression".into())
+            .encode()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": API_VERSION, "kind": KIND, "response": {
+                "uid": "u-1", "allowed": false,
+                "status": {"status": "Failure", "message": "spec.schedule: not a cron expression",
+                           "reason": "Forbidden", "code": 403},
+            }})
+        );
+    }
+
+    #[test]
+    fn an_empty_patch_is_left_out() {
+        let body = Answer::allow("u-2")
+            .with_patch(&json_patch::Patch(Vec::new()))
+            .unwrap()
+            .encode()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"], json!({"uid": "u-2", "allowed": true}));
+    }
+
+    #[test]
+    fn the_mutate_request_keeps_the_object_as_sent() {
+        let object = json!({"apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "n", "uid": "x", "creationTimestamp": "2026-11-26T10:00:00Z"},
+            "spec": {"schedule": "0 3 * * *"}, "status": {"lastScheduleTime": null}});
+        let review = json!({"apiVersion": API_VERSION, "kind": KIND, "request": {
+            "uid": "u-3", "kind": {"group": "batch", "version": "v1", "kind": "CronJob"},
+            "resource": {"group": "batch", "version": "v1", "resource": "cronjobs"},
+            "operation": "UPDATE", "name": "n", "namespace": "ns", "userInfo": {},
+            "object": object, "oldObject": {"apiVersion": "batch/v1", "kind": "CronJob"},
+        }});
+        let req = decode_mutate_review(&serde_json::to_vec(&review).unwrap()).unwrap();
+        assert_eq!(req.object, Some(object));
+        assert_eq!(req.uid, "u-3");
+        assert_eq!(req.namespace.as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn other_versions_and_empty_reviews_are_refused_in_one_line() {
+        let v1beta1 =
+            json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": KIND, "request": null});
+        let e = decode_mutate_review(&serde_json::to_vec(&v1beta1).unwrap()).unwrap_err();
+        assert_eq!(
+            e.1,
+            r#"expected kind AdmissionReview in admission.k8s.io/v1, got "AdmissionReview" in "admission.k8s.io/v1beta1""#
+        );
+        let empty = json!({"apiVersion": API_VERSION, "kind": KIND});
+        let e = decode_review(&serde_json::to_vec(&empty).unwrap()).unwrap_err();
+        assert_eq!(e.1, "AdmissionReview has no request");
+    }
+}
