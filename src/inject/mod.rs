@@ -310,7 +310,7 @@ fn wrap_target(b: &mut PatchBuilder, target: &str) {
         p.push_back("command");
         plan.push((Planned::Ensure, p, Value::Array(wrapped)));
         let mounts = c["volumeMounts"].as_array();
-        let mount = json!({"name": pod::VOLUME, "mountPath": pod::MOUNT_PATH});
+        let mount = mount();
         let mut p = base;
         p.push_back("volumeMounts");
         plan.push(
@@ -363,8 +363,9 @@ fn restricted() -> Value {
     })
 }
 
+/// The notifier volume's mount, the same in every container that has it.
 fn mount() -> Value {
-    json!([{"name": pod::VOLUME, "mountPath": pod::MOUNT_PATH}])
+    json!({"name": pod::VOLUME, "mountPath": pod::MOUNT_PATH})
 }
 
 fn install_container(cfg: &InjectorConfig) -> Value {
@@ -374,7 +375,7 @@ fn install_container(cfg: &InjectorConfig) -> Value {
         "command": [pod::IMAGE_BIN, "install", pod::INSTALLED_BIN],
         "resources": cfg.resources,
         "securityContext": restricted(),
-        "volumeMounts": mount(),
+        "volumeMounts": [mount()],
     })
 }
 
@@ -417,7 +418,7 @@ fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'
         "env": env,
         "resources": cfg.resources,
         "securityContext": restricted(),
-        "volumeMounts": mount(),
+        "volumeMounts": [mount()],
     });
     if cfg.mode == NotifierMode::Sidecar {
         c["restartPolicy"] = json!("Always");
