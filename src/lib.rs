@@ -13,6 +13,7 @@ pub mod controller;
 pub mod crd;
 pub mod https;
 pub mod inject;
+pub mod json_view;
 pub mod logging;
 pub mod metrics;
 pub mod notifier;

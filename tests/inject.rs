@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use backup_operator::admission;
 use backup_operator::inject::{self, InjectorConfig, NotifierMode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -440,23 +441,67 @@ proptest! {
     }
 }
 
-/// The handler hands `inject::mutate` the object from `admission::decode_mutate_review`; it must
-/// be exactly the JSON the apiserver sent, or the patch's paths would not fit it.
-#[test]
-fn the_handler_sees_the_object_exactly_as_sent() {
-    let mut cj = cron_job(restic_pod(), default_annotations());
+fn mutate_review(cj: &Value) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "0d2e1c4a-7f4b-4f5e-9a55-3c1f4c1b2a99",
+            "kind": {"group": "batch", "version": "v1", "kind": "CronJob"},
+            "resource": {"group": "batch", "version": "v1", "resource": "cronjobs"},
+            "operation": "CREATE", "name": "nightly", "namespace": "default", "userInfo": {},
+            "object": cj,
+        }}),
+    )
+    .unwrap()
+}
+
+/// What the handler computes: the review decoded (the object through `inject::CRON_JOB_VIEW`),
+/// then `admission::mutation_for`.
+fn mutate_as_the_handler(cj: &Value, cfg: &InjectorConfig) -> inject::Mutation {
+    let mut req = admission::decode_mutate_review(&mutate_review(cj)).unwrap();
+    admission::mutation_for(&mut req, cfg)
+}
+
+/// A CronJob as the apiserver sends it: server-set metadata, managedFields, defaulted fields
+/// around and inside the pod spec, status; everything the injector's view leaves out.
+fn as_stored(mut cj: Value) -> Value {
     cj["metadata"]["uid"] = json!("6a1c3e55-0000-4000-8000-000000000001");
     cj["metadata"]["creationTimestamp"] = json!("2026-11-26T10:00:00Z");
+    cj["metadata"]["managedFields"] = json!([{"manager": "backup-operator", "operation": "Apply",
+        "fieldsV1": {"f:spec": {"f:jobTemplate": {"f:spec": {"f:template": {}}}}}}]);
+    cj["spec"]["concurrencyPolicy"] = json!("Forbid");
+    cj["spec"]["jobTemplate"]["spec"]["backoffLimit"] = json!(0);
+    cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"] = json!({"labels": {"a": "b"}});
+    let pod = &mut cj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    pod["dnsPolicy"] = json!("ClusterFirst");
+    pod["securityContext"] = json!({});
     cj["status"] = json!({"lastScheduleTime": "2026-11-26T03:00:00Z"});
-    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "0d2e1c4a-7f4b-4f5e-9a55-3c1f4c1b2a99",
-        "kind": {"group": "batch", "version": "v1", "kind": "CronJob"},
-        "resource": {"group": "batch", "version": "v1", "resource": "cronjobs"},
-        "operation": "CREATE", "name": "nightly", "namespace": "default", "userInfo": {},
-        "object": cj,
-    }});
-    let req =
-        backup_operator::admission::decode_mutate_review(&serde_json::to_vec(&review).unwrap())
-            .unwrap();
-    assert_eq!(req.object, Some(cj));
+    cj
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// The handler decodes only the injector's view of the object (`inject::CRON_JOB_VIEW`); its
+    /// patch must be the one the whole object gives, and apply to the whole object.
+    #[test]
+    fn the_handler_patches_the_whole_object_as_the_injector_would(
+        (spec, target) in pod_strategy(),
+        container_mode in any::<bool>(),
+        stored in any::<bool>(),
+    ) {
+        let mut ann = default_annotations();
+        if let Some(t) = &target {
+            ann["backups.k8s.bnerd.com/notify-container"] = json!(t);
+        }
+        let mut cj = cron_job(spec, ann);
+        if stored {
+            cj = as_stored(cj);
+        }
+        let cfg = config(if container_mode { NotifierMode::Container } else { NotifierMode::Sidecar });
+        let whole = inject::mutate(cj.clone(), &cfg);
+        let handler = mutate_as_the_handler(&cj, &cfg);
+        prop_assert_eq!(&handler.patch, &whole.patch);
+        prop_assert_eq!(&handler.warnings, &whole.warnings);
+        let once = apply(&cj, &handler.patch);
+        prop_assert!(mutate_as_the_handler(&once, &cfg).patch.is_empty());
+    }
 }

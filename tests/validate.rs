@@ -3,13 +3,13 @@
 
 mod common;
 
-use backup_operator::admission::{decode_review, validate::validate};
+use backup_operator::admission::{decode_validate_review, validate::validate};
 use backup_operator::url_policy::UrlPolicy;
 use common::{review, volume_backup};
 use serde_json::{Value, json};
 
 fn verdict(review: Value, policy: &UrlPolicy) -> (Vec<String>, Vec<String>) {
-    let req = decode_review(&serde_json::to_vec(&review).unwrap()).unwrap();
+    let req = decode_validate_review(&serde_json::to_vec(&review).unwrap()).unwrap();
     let v = validate(&req, policy);
     (
         v.denials.iter().map(ToString::to_string).collect(),
@@ -141,6 +141,28 @@ fn objects_being_deleted_are_never_blocked() {
         &UrlPolicy::default(),
     );
     assert!(denials.is_empty());
+}
+
+#[test]
+fn a_malformed_object_is_denied_naming_the_field() {
+    let mut obj = volume_backup(Some("https://hooks.example.com/ok"), None);
+    obj["metadata"]["labels"] = json!({"app": 1});
+    let (denials, _) = verdict(vb(obj.clone()), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        ["metadata.labels.app: invalid type: integer `1`, expected a string"]
+    );
+    obj["metadata"]["labels"] = json!({});
+    // The spec's common fields are flattened into it, which hides the path below `spec`.
+    obj["spec"]["retention"] = json!({"keepLast": "three"});
+    let (denials, _) = verdict(vb(obj.clone()), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [r#"spec: invalid type: string "three", expected i32"#]
+    );
+    obj.as_object_mut().unwrap().remove("spec");
+    let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+    assert_eq!(denials, ["spec: is required"]);
 }
 
 #[test]

@@ -20,7 +20,9 @@ use kube::core::admission::Operation;
 use crate::inject::{self, InjectorConfig};
 use crate::metrics::{DecisionLabels, DenialLabels, Metrics, WebhookLabels};
 use crate::url_policy::UrlPolicy;
-pub use review::{Answer, MutateRequest, decode_mutate_review, decode_review};
+pub use review::{
+    Answer, MutateRequest, ValidateRequest, decode_mutate_review, decode_validate_review,
+};
 
 /// Largest request body read. etcd stores objects up to 1.5 MiB and an UPDATE review carries
 /// two of them, so 7 MiB leaves room while still refusing floods.
@@ -250,7 +252,8 @@ async fn validate_handler(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let req = match read_or_refuse(&state, "validate", &headers, body, decode_review).await {
+    let req = match read_or_refuse(&state, "validate", &headers, body, decode_validate_review).await
+    {
         Ok(r) => r,
         Err(refused) => return refused,
     };

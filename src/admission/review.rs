@@ -1,23 +1,26 @@
 //! `admission.k8s.io/v1` reviews on the wire: the requests as each webhook reads them, and the
 //! answer both send.
 //!
-//! `/validate` decodes kube-core's `AdmissionRequest<DynamicObject>`. `/mutate` reads only what
-//! the injector needs, with the object straight into the `serde_json::Value` the patch is built
-//! against: through `DynamicObject` (which flattens its body, so serde buffers it in `Content`
-//! first) and back into a `Value`, that was a third of a `/mutate` (BENCHMARKS.md). The answer is
-//! our own type because kube-core's `AdmissionResponse` serialises the patch as an array of
-//! numbers instead of the base64 string a Go `[]byte` is in JSON (kube-rs #1781), and can only be
-//! made from its own request type.
+//! Each webhook decodes only the request fields it uses. `/validate` keeps the object and the old
+//! object as raw JSON, decoded later into a typed view of what the kind's checks read.
+//! `/mutate` reads the object through [`inject::CRON_JOB_VIEW`], straight into the
+//! `serde_json::Value` the patch is built against, without the parts the injector never touches.
+//! Both used to decode kube-core's `AdmissionRequest<DynamicObject>`, which flattens the object's
+//! body (so serde buffers it in `Content` first) and builds every field of it: that was about half
+//! of a request (BENCHMARKS.md). The answer is our own type because kube-core's
+//! `AdmissionResponse` serialises the patch as an array of numbers instead of the base64 string a
+//! Go `[]byte` is in JSON (kube-rs #1781), and can only be made from its own request type.
 
 use axum::http::StatusCode;
-use kube::core::admission::{AdmissionRequest, Operation};
-use kube::core::{DynamicObject, GroupVersionKind, TypeMeta};
-use serde::de::DeserializeOwned;
+use kube::core::GroupVersionKind;
+use kube::core::admission::Operation;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::BadRequest;
+use crate::inject;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
@@ -47,14 +50,28 @@ fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
         .ok_or_else(|| bad(format!("{KIND} has no request")))
 }
 
+/// What `/validate` reads of a request. The objects stay raw JSON until the kind is known, since
+/// each kind's checks read different parts of them (`admission::validate`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    pub operation: Operation,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub object: Option<Box<RawValue>>,
+    /// Set on UPDATE: the stored object.
+    #[serde(default)]
+    pub old_object: Option<Box<RawValue>>,
+}
+
 /// A review as `/validate` reads it.
-pub fn decode_review(bytes: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRequest> {
-    let mut req: AdmissionRequest<DynamicObject> = decode(bytes)?;
-    req.types = TypeMeta {
-        api_version: API_VERSION.into(),
-        kind: KIND.into(),
-    };
-    Ok(req)
+pub fn decode_validate_review(bytes: &[u8]) -> Result<ValidateRequest, BadRequest> {
+    decode(bytes)
 }
 
 /// What `/mutate` reads of a request; serde skips the rest (`oldObject` included) unparsed.
@@ -68,9 +85,15 @@ pub struct MutateRequest {
     pub name: String,
     #[serde(default)]
     pub namespace: Option<String>,
-    /// The object exactly as the apiserver sent it, so the patch's paths fit it.
-    #[serde(default)]
+    /// The parts of the object the injector reads ([`inject::CRON_JOB_VIEW`]), exactly as the
+    /// apiserver sent them, so the patch's paths fit the whole object.
+    #[serde(default, deserialize_with = "cron_job_view")]
     pub object: Option<Value>,
+}
+
+fn cron_job_view<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    let view = inject::CRON_JOB_VIEW.deserialize(d)?;
+    Ok(Some(view).filter(|v| !v.is_null()))
 }
 
 /// A review as `/mutate` reads it.
@@ -202,10 +225,17 @@ mod tests {
     }
 
     #[test]
-    fn the_mutate_request_keeps_the_object_as_sent() {
+    fn the_mutate_request_keeps_the_injectors_view_of_the_object_as_sent() {
+        let kept = json!({"terminationGracePeriodSeconds": 30,
+            "containers": [{"name": "c", "command": ["x"], "env": [{"name": "A", "value": "1"}]}]});
+        let mut pod = kept.clone();
+        pod["restartPolicy"] = json!("Never");
         let object = json!({"apiVersion": "batch/v1", "kind": "CronJob",
-            "metadata": {"name": "n", "uid": "x", "creationTimestamp": "2026-11-26T10:00:00Z"},
-            "spec": {"schedule": "0 3 * * *"}, "status": {"lastScheduleTime": null}});
+            "metadata": {"name": "n", "uid": "x", "labels": {"l": "1"}, "annotations": {"a/b": "2"},
+                         "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"backoffLimit": 0,
+                "template": {"metadata": {"labels": {"p": "q"}}, "spec": pod}}}},
+            "status": {"lastScheduleTime": null}});
         let review = json!({"apiVersion": API_VERSION, "kind": KIND, "request": {
             "uid": "u-3", "kind": {"group": "batch", "version": "v1", "kind": "CronJob"},
             "resource": {"group": "batch", "version": "v1", "resource": "cronjobs"},
@@ -213,9 +243,28 @@ mod tests {
             "object": object, "oldObject": {"apiVersion": "batch/v1", "kind": "CronJob"},
         }});
         let req = decode_mutate_review(&serde_json::to_vec(&review).unwrap()).unwrap();
-        assert_eq!(req.object, Some(object));
+        assert_eq!(
+            req.object,
+            Some(
+                json!({"metadata": {"labels": {"l": "1"}, "annotations": {"a/b": "2"}},
+                "spec": {"jobTemplate": {"spec": {"template": {"spec": kept}}}}})
+            )
+        );
         assert_eq!(req.uid, "u-3");
         assert_eq!(req.namespace.as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn the_validate_request_keeps_both_objects_raw() {
+        let review = json!({"apiVersion": API_VERSION, "kind": KIND, "request": {
+            "uid": "u-4", "kind": {"group": "g", "version": "v1", "kind": "K"},
+            "operation": "CREATE", "name": "n", "object": {"spec": {"a": [1, "\u{e9}\"q"]}},
+            "oldObject": null,
+        }});
+        let req = decode_validate_review(&serde_json::to_vec(&review).unwrap()).unwrap();
+        let object: Value = serde_json::from_str(req.object.unwrap().get()).unwrap();
+        assert_eq!(object, review["request"]["object"]);
+        assert!(req.old_object.is_none());
     }
 
     #[test]
@@ -228,7 +277,7 @@ mod tests {
             r#"expected kind AdmissionReview in admission.k8s.io/v1, got "AdmissionReview" in "admission.k8s.io/v1beta1""#
         );
         let empty = json!({"apiVersion": API_VERSION, "kind": KIND});
-        let e = decode_review(&serde_json::to_vec(&empty).unwrap()).unwrap_err();
+        let e = decode_validate_review(&serde_json::to_vec(&empty).unwrap()).unwrap_err();
         assert_eq!(e.1, "AdmissionReview has no request");
     }
 }

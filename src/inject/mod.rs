@@ -20,9 +20,41 @@ use json_patch::jsonptr::PointerBuf;
 use serde_json::{Value, json};
 
 use crate::contract::{self, annotations, env, pod};
+use crate::json_view::Keep;
 use patch::{PatchBuilder, pointer};
 
 const POD_SPEC: [&str; 5] = ["spec", "jobTemplate", "spec", "template", "spec"];
+
+/// Everything [`mutate`] reads of a CronJob, and every path its patch touches: the labels, the
+/// annotations, and the pod spec's lists and grace period at [`POD_SPEC`]. `/mutate` decodes
+/// only this much of the object (the rest is skipped unparsed; see [`crate::json_view`]).
+pub const CRON_JOB_VIEW: Keep = Keep::Members(&[
+    (
+        "metadata",
+        Keep::Members(&[("labels", Keep::All), ("annotations", Keep::All)]),
+    ),
+    (
+        "spec",
+        Keep::Members(&[(
+            "jobTemplate",
+            Keep::Members(&[(
+                "spec",
+                Keep::Members(&[(
+                    "template",
+                    Keep::Members(&[(
+                        "spec",
+                        Keep::Members(&[
+                            ("volumes", Keep::All),
+                            ("initContainers", Keep::All),
+                            ("containers", Keep::All),
+                            ("terminationGracePeriodSeconds", Keep::All),
+                        ]),
+                    )]),
+                )]),
+            )]),
+        )]),
+    ),
+]);
 
 /// Extra seconds the pod's grace period grants beyond the notifier's timeout.
 const GRACE_MARGIN_SECS: u64 = 5;
