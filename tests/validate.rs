@@ -141,6 +141,13 @@ fn objects_being_deleted_are_never_blocked() {
         &UrlPolicy::default(),
     );
     assert!(denials.is_empty());
+    let mut malformed = volume_backup(None, None);
+    malformed["spec"]["retention"] = json!({"keepLast": "three"});
+    let (denials, _) = verdict(vb(malformed.clone()), &UrlPolicy::default());
+    assert_eq!(denials.len(), 1, "a malformed spec is denied");
+    malformed["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let (denials, _) = verdict(vb(malformed), &UrlPolicy::default());
+    assert!(denials.is_empty(), "{denials:?}");
 }
 
 #[test]

@@ -105,6 +105,12 @@ fn view<S: DeserializeOwned>(raw: &RawValue) -> Result<ObjectView<S>, (String, S
     })
 }
 
+/// Whether the object carries a `deletionTimestamp`, read without the rest of it.
+fn being_deleted(raw: &RawValue) -> bool {
+    serde_json::from_str::<ObjectView<IgnoredAny>>(raw.get())
+        .is_ok_and(|o| o.metadata.deletion_timestamp.is_some())
+}
+
 pub fn validate(req: &ValidateRequest, policy: &UrlPolicy) -> Verdict {
     let mut v = Checker {
         policy,
@@ -172,6 +178,9 @@ impl Checker<'_> {
     ) -> Option<(ObjectView<S>, Option<ObjectView<S>>)> {
         let new = match view::<S>(obj) {
             Ok(new) => new,
+            // A spec that no longer decodes (a stored object from an older schema, say) must
+            // not block the finalizer's removal either.
+            Err(_) if being_deleted(obj) => return None,
             Err((field, reason)) => {
                 self.deny(&field, reason, "malformed");
                 return None;
