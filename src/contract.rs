@@ -51,6 +51,12 @@ pub mod pod {
     pub const IMAGE_BIN: &str = "/usr/local/bin/backup-notifier";
     pub const INSTALL_CONTAINER: &str = "notifier-install";
     pub const NOTIFIER_CONTAINER: &str = "notifier";
+
+    /// A string as it must be written into a container's command, args or env value to reach
+    /// the process unchanged: the kubelet expands `$(VAR)` there and `$$` is its escape.
+    pub fn escape_expansion(s: &str) -> String {
+        s.replace('$', "$$")
+    }
 }
 
 /// Which resource a backup came from; chooses the payload's message text.

@@ -5,7 +5,7 @@
 mod common;
 
 use common::cluster::{Cluster, Mode, cluster, kubectl_ok, kubectl_stdin};
-use common::notify_scenario::{cron_job, store, three_outcomes};
+use common::notify_scenario::{cron_job, path, store, three_outcomes};
 use common::pod_run::NOTIFIER_IMAGE;
 use serde_json::Value;
 use testkit::receiver::{Receiver, Reply};
@@ -88,10 +88,7 @@ async fn kubectl_apply_stores_the_notifier_in_the_documented_shape_idempotently(
     );
 
     // A new success URL updates the notifier's env in place; still exactly one notifier.
-    let moved = manifest.replace(
-        &rx.url("/success/s3cr3t-token"),
-        "https://hooks.example.com/moved",
-    );
+    let moved = manifest.replace(&rx.url(&path("success")), "https://hooks.example.com/moved");
     store(c, ns, "nightly", &moved).await;
     let cj = get_json(c, ns, "nightly");
     let notifiers: Vec<_> = pod(&cj)["initContainers"]

@@ -505,3 +505,29 @@ proptest! {
         prop_assert!(mutate_as_the_handler(&once, &cfg).patch.is_empty());
     }
 }
+
+/// The kubelet expands `$(VAR)` and unescapes `$$` in env values, so URLs reach the notifier
+/// escaped; the controller's `NotifierInjected` check (`inject::inspect`) must see through that.
+#[test]
+fn urls_with_dollar_signs_are_escaped_for_the_kubelet_and_inspect_agrees() {
+    let mut ann = default_annotations();
+    ann["backups.k8s.bnerd.com/webhook-success"] = json!("https://hooks.example.com/$(HOME)/$$");
+    let cj = cron_job(restic_pod(), ann);
+    let cfg = config(NotifierMode::Sidecar);
+    let stored = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    let notifier = pod(&stored)["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "notifier")
+        .unwrap();
+    assert_eq!(
+        env_of(notifier)["NOTIFY_SUCCESS_URL"],
+        "https://hooks.example.com/$$(HOME)/$$$$"
+    );
+    assert_eq!(inject::inspect(&stored), Ok(()));
+    let mut changed = stored.clone();
+    changed["metadata"]["annotations"]["backups.k8s.bnerd.com/webhook-success"] =
+        json!("https://hooks.example.com/$(HOME)/$");
+    assert!(inject::inspect(&changed).is_err());
+}

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use sha2::{Digest, Sha256};
 
+use crate::contract::pod::escape_expansion;
 use crate::contract::{self, BackupKind, annotations};
 use crate::crd::{CommonSpec, Retention, S3Backup, VolumeBackup};
 
@@ -169,11 +170,6 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         read_only: read_only.then_some(true),
         ..Default::default()
     }
-}
-
-/// The kubelet expands `$(VAR)` in command, args and env values; `$$` is its escape.
-pub fn escape_expansion(s: &str) -> String {
-    s.replace('$', "$$")
 }
 
 fn env_value(name: &str, value: &str) -> EnvVar {

@@ -91,7 +91,7 @@ pub struct InjectorArgs {
     pub notifier_mode: NotifierMode,
     /// Bound on one delivery (DNS, connect, TLS, response). The pod's grace period is raised to
     /// fit it.
-    #[arg(long, default_value = "10s", value_parser = crate::serve::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_notifier_timeout)]
     pub notifier_timeout: Duration,
     /// CPU request of the injected containers.
     #[arg(long, default_value = "10m")]
@@ -102,6 +102,20 @@ pub struct InjectorArgs {
     /// Memory limit of the injected containers.
     #[arg(long, default_value = "64Mi")]
     pub notifier_memory_limit: String,
+}
+
+/// `--notifier-timeout`: refused at start-up when the notifier would refuse it in every backup
+/// pod (it takes more than 0 and at most `MAX_TIMEOUT`, in whole milliseconds).
+fn parse_notifier_timeout(s: &str) -> Result<Duration, String> {
+    let d = crate::serve::parse_duration(s)?;
+    let max = crate::notifier::cli::MAX_TIMEOUT;
+    if d < Duration::from_millis(1) || d > max {
+        return Err(format!(
+            "{s:?} is out of range: at least 1ms and at most {}s, as backup-notifier accepts",
+            max.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 /// Everything an injection needs, fixed at start-up.
@@ -439,9 +453,11 @@ fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'
     vars.push((env::RESULT, pod::RESULT_FILE.to_owned()));
     vars.push((env::MODE, cfg.mode.as_str().to_owned()));
     vars.extend(cfg.policy_env.iter().cloned());
+    // The URLs, host and volume come from annotations and may hold `$`; unescaped, the kubelet
+    // would expand or drop it before the notifier sees the value.
     let env: Vec<Value> = vars
         .into_iter()
-        .map(|(name, value)| json!({"name": name, "value": value}))
+        .map(|(name, value)| json!({"name": name, "value": pod::escape_expansion(&value)}))
         .collect();
     let mut c = json!({
         "name": pod::NOTIFIER_CONTAINER,
@@ -500,11 +516,31 @@ pub fn inspect(cron_job: &Value) -> Result<(), String> {
         (env::SUCCESS_URL, annotations::WEBHOOK_SUCCESS),
         (env::FAILURE_URL, annotations::WEBHOOK_FAILURE),
     ] {
-        if env(var) != ann(key) {
+        if env(var).map(str::to_owned) != ann(key).map(pod::escape_expansion) {
             return Err(format!(
                 "the notifier's {var} does not match annotation {key} (the mutating webhook has not seen the latest change)"
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notifier_timeout_is_one_the_notifier_accepts() {
+        assert_eq!(parse_notifier_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["0s", "500us", "5m1s", "-1s", "ten"] {
+            let e = parse_notifier_timeout(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{bad:?}: {e}");
+        }
+        let max = crate::notifier::cli::MAX_TIMEOUT;
+        let limit = format!("{}s", max.as_secs());
+        assert_eq!(parse_notifier_timeout(&limit), Ok(max));
+        // What the injector writes into the notifier's env must parse there.
+        let injected = format!("{}ms", max.as_millis());
+        assert_eq!(crate::notifier::cli::parse_timeout(&injected), Ok(max));
+    }
 }

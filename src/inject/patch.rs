@@ -70,7 +70,8 @@ impl PatchBuilder {
 }
 
 /// Applies one op as RFC 6902 says, for the three kinds the builder makes; `None` when it does
-/// not apply. json-patch's own `patch` walks the document with `Value::pointer_mut`, which
+/// not apply. Ops on the root (the empty pointer) are not supported: the builder only ever
+/// points inside the pod spec. json-patch's own `patch` walks the document with `Value::pointer_mut`, which
 /// allocates per token, and keeps an undo log: that was a third of an injection.
 fn apply(doc: &mut Value, op: &PatchOperation) -> Option<()> {
     match op {
