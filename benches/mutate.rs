@@ -53,7 +53,8 @@ fn bench_mutate(c: &mut Criterion) {
     let object = decode_mutate_review(&body)
         .expect("the fixture decodes")
         .object
-        .expect("the review has an object");
+        .expect("the review has an object")
+        .0;
     assert_eq!(
         inject::mutate(object.clone(), &cfg).patch,
         full.patch,

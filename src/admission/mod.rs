@@ -242,7 +242,7 @@ pub fn mutation_for(req: &mut MutateRequest, cfg: &InjectorConfig) -> inject::Mu
         };
     }
     match (req.object.take(), &req.operation) {
-        (Some(obj), Operation::Create | Operation::Update) => inject::mutate(obj, cfg),
+        (Some(view), Operation::Create | Operation::Update) => inject::mutate(view.0, cfg),
         _ => inject::Mutation::default(),
     }
 }

@@ -14,7 +14,7 @@
 use axum::http::StatusCode;
 use kube::core::GroupVersionKind;
 use kube::core::admission::Operation;
-use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer};
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -50,11 +50,11 @@ fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
         .ok_or_else(|| bad(format!("{KIND} has no request")))
 }
 
-/// What `/validate` reads of a request. The objects stay raw JSON until the kind is known, since
-/// each kind's checks read different parts of them (`admission::validate`).
+/// What a webhook reads of a request: the same fields for both, the objects as each needs them
+/// (`O` for `object`, `Old` for `oldObject`); serde skips everything else unparsed.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ValidateRequest {
+pub struct Request<O, Old> {
     pub uid: String,
     pub kind: GroupVersionKind,
     pub operation: Operation,
@@ -62,38 +62,38 @@ pub struct ValidateRequest {
     pub name: String,
     #[serde(default)]
     pub namespace: Option<String>,
-    #[serde(default)]
-    pub object: Option<Box<RawValue>>,
+    #[serde(default = "none")]
+    pub object: Option<O>,
     /// Set on UPDATE: the stored object.
-    #[serde(default)]
-    pub old_object: Option<Box<RawValue>>,
+    #[serde(default = "none")]
+    pub old_object: Option<Old>,
 }
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// `/validate` keeps both objects raw JSON until the kind is known, since each kind's checks read
+/// different parts of them (`admission::validate`).
+pub type ValidateRequest = Request<Box<RawValue>, Box<RawValue>>;
 
 /// A review as `/validate` reads it.
 pub fn decode_validate_review(bytes: &[u8]) -> Result<ValidateRequest, BadRequest> {
     decode(bytes)
 }
 
-/// What `/mutate` reads of a request; serde skips the rest (`oldObject` included) unparsed.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MutateRequest {
-    pub uid: String,
-    pub kind: GroupVersionKind,
-    pub operation: Operation,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// The parts of the object the injector reads ([`inject::CRON_JOB_VIEW`]), exactly as the
-    /// apiserver sent them, so the patch's paths fit the whole object.
-    #[serde(default, deserialize_with = "cron_job_view")]
-    pub object: Option<Value>,
-}
+/// `/mutate` reads the object through the injector's view and never looks at `oldObject`.
+pub type MutateRequest = Request<CronJobView, IgnoredAny>;
 
-fn cron_job_view<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    let view = inject::CRON_JOB_VIEW.deserialize(d)?;
-    Ok(Some(view).filter(|v| !v.is_null()))
+/// The parts of a CronJob the injector reads ([`inject::CRON_JOB_VIEW`]), exactly as the
+/// apiserver sent them, so the patch's paths fit the whole object.
+#[derive(Debug)]
+pub struct CronJobView(pub Value);
+
+impl<'de> Deserialize<'de> for CronJobView {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        inject::CRON_JOB_VIEW.deserialize(d).map(CronJobView)
+    }
 }
 
 /// A review as `/mutate` reads it.
@@ -244,7 +244,7 @@ mod tests {
         }});
         let req = decode_mutate_review(&serde_json::to_vec(&review).unwrap()).unwrap();
         assert_eq!(
-            req.object,
+            req.object.map(|v| v.0),
             Some(
                 json!({"metadata": {"labels": {"l": "1"}, "annotations": {"a/b": "2"}},
                 "spec": {"jobTemplate": {"spec": {"template": {"spec": kept}}}}})
