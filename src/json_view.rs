@@ -20,6 +20,9 @@ pub enum Keep {
     /// Of an object, only these members, each kept as its own `Keep` says (`null` is kept as
     /// `null`; any other non-object is an error).
     Members(&'static [(&'static str, Keep)]),
+    /// Of nested objects, only the chain of members along this path, and at its end the value
+    /// as the `Keep` says (the path's own objects as [`Keep::Members`] treats them).
+    Path(&'static [&'static str], &'static Keep),
 }
 
 impl Keep {
@@ -38,12 +41,27 @@ impl<'de> DeserializeSeed<'de> for Keep {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         match self {
             Keep::All => Value::deserialize(d),
-            Keep::Members(members) => d.deserialize_any(MembersOf(members)),
+            Keep::Path([], end) => end.deserialize(d),
+            members => d.deserialize_any(MembersOf(members)),
         }
     }
 }
 
-struct MembersOf(&'static [(&'static str, Keep)]);
+impl Keep {
+    /// How the member `name` of an object is kept, if at all (`self` is a `Members` or `Path`).
+    fn member(self, name: &str) -> Option<(&'static str, Keep)> {
+        match self {
+            Keep::Members(members) => members.iter().copied().find(|(kept, _)| *kept == name),
+            Keep::Path([first, rest @ ..], end) if *first == name => {
+                Some((*first, Keep::Path(rest, end)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The visitor of an object whose members are kept as the `Keep` says.
+struct MembersOf(Keep);
 
 impl<'de> Visitor<'de> for MembersOf {
     type Value = Value;
@@ -74,7 +92,7 @@ impl<'de> Visitor<'de> for MembersOf {
 }
 
 /// A member's name, looked up among the kept ones without allocating it.
-struct MemberName(&'static [(&'static str, Keep)]);
+struct MemberName(Keep);
 
 impl<'de> DeserializeSeed<'de> for MemberName {
     type Value = Option<(&'static str, Keep)>;
@@ -92,7 +110,7 @@ impl<'de> Visitor<'de> for MemberName {
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().copied().find(|(kept, _)| *kept == name))
+        Ok(self.0.member(name))
     }
 }
 
@@ -104,6 +122,7 @@ mod tests {
     const VIEW: Keep = Keep::Members(&[
         ("metadata", Keep::Members(&[("labels", Keep::All)])),
         ("list", Keep::All),
+        ("deep", Keep::Path(&["a", "b"], &Keep::All)),
     ]);
 
     fn view(v: &Value) -> serde_json::Result<Value> {
@@ -121,6 +140,15 @@ mod tests {
             view(&doc).unwrap(),
             json!({"metadata": {"labels": {"a~/b": "c"}},
                    "list": [{"name": "x", "deep": {"k": [1, 2.5, null, true]}}]})
+        );
+    }
+
+    #[test]
+    fn a_path_keeps_only_its_chain() {
+        let doc = json!({"deep": {"a": {"b": {"x": [1]}, "c": 2}, "z": 3}});
+        assert_eq!(
+            view(&doc).unwrap(),
+            json!({"deep": {"a": {"b": {"x": [1]}}}})
         );
     }
 

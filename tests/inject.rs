@@ -410,6 +410,21 @@ fn pod_strategy() -> impl Strategy<Value = (Value, Option<String>)> {
         })
 }
 
+/// A generated pod spec's CronJob (with its target container annotated, if any) and the config
+/// for the mode.
+fn generated(spec: Value, target: Option<&str>, container_mode: bool) -> (Value, InjectorConfig) {
+    let mut ann = default_annotations();
+    if let Some(t) = target {
+        ann["backups.k8s.bnerd.com/notify-container"] = json!(t);
+    }
+    let mode = if container_mode {
+        NotifierMode::Container
+    } else {
+        NotifierMode::Sidecar
+    };
+    (cron_job(spec, ann), config(mode))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
     #[test]
@@ -417,12 +432,7 @@ proptest! {
         (spec, target) in pod_strategy(),
         container_mode in any::<bool>(),
     ) {
-        let mut ann = default_annotations();
-        if let Some(t) = &target {
-            ann["backups.k8s.bnerd.com/notify-container"] = json!(t);
-        }
-        let cj = cron_job(spec.clone(), ann);
-        let cfg = config(if container_mode { NotifierMode::Container } else { NotifierMode::Sidecar });
+        let (cj, cfg) = generated(spec.clone(), target.as_deref(), container_mode);
         let m = inject::mutate(cj.clone(), &cfg);
         let target_name = target.as_deref().unwrap_or("main");
         let target_exists = spec["containers"].as_array().unwrap().iter().any(|c| c["name"] == target_name);
@@ -488,15 +498,10 @@ proptest! {
         container_mode in any::<bool>(),
         stored in any::<bool>(),
     ) {
-        let mut ann = default_annotations();
-        if let Some(t) = &target {
-            ann["backups.k8s.bnerd.com/notify-container"] = json!(t);
-        }
-        let mut cj = cron_job(spec, ann);
+        let (mut cj, cfg) = generated(spec, target.as_deref(), container_mode);
         if stored {
             cj = as_stored(cj);
         }
-        let cfg = config(if container_mode { NotifierMode::Container } else { NotifierMode::Sidecar });
         let whole = inject::mutate(cj.clone(), &cfg);
         let handler = mutate_as_the_handler(&cj, &cfg);
         prop_assert_eq!(&handler.patch, &whole.patch);

@@ -33,27 +33,19 @@ pub const CRON_JOB_VIEW: Keep = Keep::Members(&[
         "metadata",
         Keep::Members(&[("labels", Keep::All), ("annotations", Keep::All)]),
     ),
-    (
-        "spec",
-        Keep::Members(&[(
-            "jobTemplate",
-            Keep::Members(&[(
-                "spec",
-                Keep::Members(&[(
-                    "template",
-                    Keep::Members(&[(
-                        "spec",
-                        Keep::Members(&[
-                            ("volumes", Keep::All),
-                            ("initContainers", Keep::All),
-                            ("containers", Keep::All),
-                            ("terminationGracePeriodSeconds", Keep::All),
-                        ]),
-                    )]),
-                )]),
-            )]),
-        )]),
-    ),
+    (POD_SPEC[0], Keep::Path(POD_SPEC_BELOW_SPEC, &POD_SPEC_VIEW)),
+]);
+
+const POD_SPEC_BELOW_SPEC: &[&str] = match POD_SPEC.split_first() {
+    Some((_, rest)) => rest,
+    None => &[],
+};
+
+const POD_SPEC_VIEW: Keep = Keep::Members(&[
+    ("volumes", Keep::All),
+    ("initContainers", Keep::All),
+    ("containers", Keep::All),
+    ("terminationGracePeriodSeconds", Keep::All),
 ]);
 
 /// Extra seconds the pod's grace period grants beyond the notifier's timeout.
