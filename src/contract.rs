@@ -49,6 +49,12 @@ pub mod pod {
     pub const RESULT_FILE: &str = "/backup-notifier/result.json";
     /// The notifier binary inside the operator image.
     pub const IMAGE_BIN: &str = "/usr/local/bin/backup-notifier";
+    /// With `--notifier-ca-configmap`: the ConfigMap volume holding the extra CA, mounted
+    /// read-only in the notifier only, and the file the notifier reads it from.
+    pub const CA_VOLUME: &str = "backup-notifier-ca";
+    pub const CA_MOUNT_PATH: &str = "/backup-notifier-ca";
+    pub const CA_FILE_NAME: &str = "ca.crt";
+    pub const CA_FILE: &str = "/backup-notifier-ca/ca.crt";
     pub const INSTALL_CONTAINER: &str = "notifier-install";
     pub const NOTIFIER_CONTAINER: &str = "notifier";
 

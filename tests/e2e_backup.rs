@@ -13,7 +13,7 @@ use backup_operator::crd::{S3Backup, VolumeBackup};
 use common::cluster::{Cluster, Mode, cluster, kubectl_stdin, wait_for_event};
 use common::fixtures;
 use common::notify_scenario::expected;
-use common::pod_run::{NOTIFIER_IMAGE, pod_spec, runner};
+use common::pod_run::{inject_flags, pod_spec, runner};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -31,18 +31,12 @@ const CA_IN_IMAGE: &str = "/etc/ssl/test-ca.pem";
 fn operator() -> &'static Cluster {
     cluster(
         Mode::Full,
-        &[
-            "--allow-destination",
-            "127.0.0.1",
-            "--notifier-image",
-            NOTIFIER_IMAGE,
-            "--notifier-timeout",
-            "3s",
+        &inject_flags(&[
             "--restic-image",
             RESTIC_IMAGE,
             "--rclone-image",
             RCLONE_IMAGE,
-        ],
+        ]),
     )
 }
 

@@ -6,22 +6,12 @@ mod common;
 
 use common::cluster::{Cluster, Mode, cluster, kubectl_ok, kubectl_stdin};
 use common::notify_scenario::{cron_job, path, store, three_outcomes};
-use common::pod_run::NOTIFIER_IMAGE;
+use common::pod_run::inject_flags;
 use serde_json::Value;
 use testkit::receiver::{Receiver, Reply};
 
 fn operator() -> &'static Cluster {
-    cluster(
-        Mode::AdmissionOnly,
-        &[
-            "--allow-destination",
-            "127.0.0.1",
-            "--notifier-image",
-            NOTIFIER_IMAGE,
-            "--notifier-timeout",
-            "3s",
-        ],
-    )
+    cluster(Mode::AdmissionOnly, &inject_flags(&[]))
 }
 
 fn get_json(c: &Cluster, ns: &str, name: &str) -> Value {

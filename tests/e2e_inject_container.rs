@@ -5,22 +5,13 @@ mod common;
 
 use common::cluster::{Mode, cluster};
 use common::notify_scenario::three_outcomes;
-use common::pod_run::NOTIFIER_IMAGE;
+use common::pod_run::inject_flags;
 
 #[tokio::test]
 async fn container_mode_notifies_exactly_once_per_outcome() {
     let c = cluster(
         Mode::AdmissionOnly,
-        &[
-            "--allow-destination",
-            "127.0.0.1",
-            "--notifier-image",
-            NOTIFIER_IMAGE,
-            "--notifier-timeout",
-            "3s",
-            "--notifier-mode",
-            "container",
-        ],
+        &inject_flags(&["--notifier-mode", "container"]),
     );
     let ns = c.cp.namespace("inject-container").await;
     three_outcomes(c, ns.name(), false).await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use backup_operator::admission;
-use backup_operator::inject::{self, InjectorConfig, NotifierMode};
+use backup_operator::inject::{self, InjectorConfig, NotifierCa, NotifierMode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -18,7 +18,15 @@ fn config(mode: NotifierMode) -> InjectorConfig {
             ("NOTIFY_REQUIRE_HTTPS", "false".into()),
             ("NOTIFY_ALLOW_DESTINATIONS", "10.0.0.0/8".into()),
         ],
+        ca: None,
     }
+}
+
+fn relay_ca() -> Option<NotifierCa> {
+    Some(NotifierCa {
+        config_map: "relay-ca".into(),
+        key: "bundle.pem".into(),
+    })
 }
 
 fn cron_job(pod_spec: Value, annotations: Value) -> Value {
@@ -232,6 +240,53 @@ fn container_mode_and_switching_modes_keep_exactly_one_notifier() {
 }
 
 #[test]
+fn a_ca_configmap_is_mounted_in_the_notifier_only_and_goes_when_the_flag_goes() {
+    let cj = cron_job(restic_pod(), default_annotations());
+    let mut cfg = config(NotifierMode::Sidecar);
+    cfg.ca = relay_ca();
+    let with_ca = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    let p = pod(&with_ca);
+    assert_eq!(
+        p["volumes"][1],
+        json!({"name": "backup-notifier-ca", "configMap": {
+            "name": "relay-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}], "optional": true}})
+    );
+    let notifier = &p["initContainers"][1];
+    assert_eq!(notifier["name"], "notifier");
+    assert_eq!(
+        env_of(notifier)["NOTIFY_CA_FILE"],
+        "/backup-notifier-ca/ca.crt"
+    );
+    assert_eq!(
+        notifier["volumeMounts"],
+        json!([{"name": "backup-notifier", "mountPath": "/backup-notifier"},
+               {"name": "backup-notifier-ca", "mountPath": "/backup-notifier-ca", "readOnly": true}])
+    );
+    for c in [&p["initContainers"][0], &p["containers"][0]] {
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "backup-notifier", "mountPath": "/backup-notifier"}]),
+            "only the notifier reads the CA"
+        );
+    }
+    assert!(inject::mutate(with_ca.clone(), &cfg).patch.is_empty());
+    assert_eq!(inject::inspect(&with_ca), Ok(()));
+
+    let without = apply(
+        &with_ca,
+        &inject::mutate(with_ca.clone(), &config(NotifierMode::Sidecar)).patch,
+    );
+    assert_eq!(
+        without,
+        apply(
+            &cj,
+            &inject::mutate(cj.clone(), &config(NotifierMode::Sidecar)).patch
+        )
+    );
+    assert_eq!(pod(&without)["volumes"].as_array().unwrap().len(), 1);
+}
+
+#[test]
 fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
     let mut no_command = restic_pod();
     no_command["containers"][0]
@@ -323,7 +378,7 @@ fn remove_injection(cj: &Value, original_grace: Option<&Value>) -> Value {
             }
         }
     };
-    strip(p, "volumes", &["backup-notifier"]);
+    strip(p, "volumes", &["backup-notifier", "backup-notifier-ca"]);
     strip(p, "initContainers", &["notifier-install", "notifier"]);
     strip(p, "containers", &["notifier"]);
     for c in p
@@ -410,19 +465,28 @@ fn pod_strategy() -> impl Strategy<Value = (Value, Option<String>)> {
         })
 }
 
-/// A generated pod spec's CronJob (with its target container annotated, if any) and the config
-/// for the mode.
-fn generated(spec: Value, target: Option<&str>, container_mode: bool) -> (Value, InjectorConfig) {
+/// A generated pod spec's CronJob (with its target container annotated, if any).
+fn generated(spec: Value, target: Option<&str>) -> Value {
     let mut ann = default_annotations();
     if let Some(t) = target {
         ann["backups.k8s.bnerd.com/notify-container"] = json!(t);
     }
-    let mode = if container_mode {
-        NotifierMode::Container
-    } else {
-        NotifierMode::Sidecar
-    };
-    (cron_job(spec, ann), config(mode))
+    cron_job(spec, ann)
+}
+
+/// The operator's flags that shape the injection: the mode and whether a CA is mounted.
+fn config_strategy() -> impl Strategy<Value = InjectorConfig> {
+    (any::<bool>(), any::<bool>()).prop_map(|(container_mode, with_ca)| {
+        let mut cfg = config(if container_mode {
+            NotifierMode::Container
+        } else {
+            NotifierMode::Sidecar
+        });
+        if with_ca {
+            cfg.ca = relay_ca();
+        }
+        cfg
+    })
 }
 
 proptest! {
@@ -430,9 +494,10 @@ proptest! {
     #[test]
     fn patching_twice_equals_patching_once_and_removal_restores_the_original(
         (spec, target) in pod_strategy(),
-        container_mode in any::<bool>(),
+        cfg in config_strategy(),
+        new_cfg in config_strategy(),
     ) {
-        let (cj, cfg) = generated(spec.clone(), target.as_deref(), container_mode);
+        let cj = generated(spec.clone(), target.as_deref());
         let m = inject::mutate(cj.clone(), &cfg);
         let target_name = target.as_deref().unwrap_or("main");
         let target_exists = spec["containers"].as_array().unwrap().iter().any(|c| c["name"] == target_name);
@@ -447,7 +512,12 @@ proptest! {
         prop_assert!(again.patch.is_empty(), "second patch not empty: {:?}", again.patch);
         prop_assert_eq!(apply(&once, &again.patch), once.clone());
         let restored = remove_injection(&once, spec.get("terminationGracePeriodSeconds"));
-        prop_assert_eq!(restored, cj);
+        prop_assert_eq!(&restored, &cj);
+        // The operator restarted with other flags: its next mutation of the stored object gives
+        // what it would have made of the original, with nothing of the old injection left.
+        let fresh = apply(&cj, &inject::mutate(cj.clone(), &new_cfg).patch);
+        let updated = apply(&once, &inject::mutate(once.clone(), &new_cfg).patch);
+        prop_assert_eq!(updated, fresh);
     }
 }
 
@@ -495,10 +565,10 @@ proptest! {
     #[test]
     fn the_handler_patches_the_whole_object_as_the_injector_would(
         (spec, target) in pod_strategy(),
-        container_mode in any::<bool>(),
+        cfg in config_strategy(),
         stored in any::<bool>(),
     ) {
-        let (mut cj, cfg) = generated(spec, target.as_deref(), container_mode);
+        let mut cj = generated(spec, target.as_deref());
         if stored {
             cj = as_stored(cj);
         }

@@ -9,7 +9,11 @@
 //!   container that waits for the result;
 //! - the target container's `command` wrapped as `backup-notifier exec --result … -- <command>`
 //!   (its `args` are untouched);
-//! - `terminationGracePeriodSeconds` raised, when lower, so a send fits after the backup ends.
+//! - `terminationGracePeriodSeconds` raised, when lower, so a send fits after the backup ends;
+//! - with `--notifier-ca-configmap`, the `backup-notifier-ca` volume (that ConfigMap, optional)
+//!   mounted in the notifier, whose `NOTIFY_CA_FILE` points into it.
+//!
+//! Volume and container names starting with `backup-notifier` and `notifier` are the injector's.
 
 pub mod patch;
 
@@ -94,6 +98,50 @@ pub struct InjectorArgs {
     /// Memory limit of the injected containers.
     #[arg(long, default_value = "64Mi")]
     pub notifier_memory_limit: String,
+    /// ConfigMap, in each backup's own namespace, with extra CA certificates (PEM) the notifier
+    /// trusts besides the bundled public roots: for relays whose certificate a private CA signed.
+    /// Mounted optional, so a namespace without it still runs its backups (the notifier logs a
+    /// warning and trusts the public roots only). `kube-root-ca.crt` is in every namespace and
+    /// holds the cluster's CA; trust-manager's Bundle can copy any CA into every namespace.
+    #[arg(long, value_name = "NAME", value_parser = parse_config_map_name)]
+    pub notifier_ca_configmap: Option<String>,
+    /// The key of --notifier-ca-configmap that holds the PEM.
+    #[arg(long, value_name = "KEY", default_value = "ca.crt", value_parser = parse_config_map_key)]
+    pub notifier_ca_key: String,
+}
+
+/// `--notifier-ca-configmap`: a ConfigMap name (a DNS-1123 subdomain), refused at start-up
+/// rather than written into every pod template the apiserver would then reject.
+fn parse_config_map_name(s: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.len() > 253 || !s.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?} is not a ConfigMap name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// `--notifier-ca-key`: a ConfigMap key, as the apiserver validates one.
+fn parse_config_map_key(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a ConfigMap key: letters, digits, '-', '_' and '.', at most 253 characters, not '.' or '..'"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// `--notifier-timeout`: refused at start-up when the notifier would refuse it in every backup
@@ -119,6 +167,15 @@ pub struct InjectorConfig {
     pub resources: Value,
     /// The operator's URL policy, passed on so send time agrees with admission.
     pub policy_env: Vec<(&'static str, String)>,
+    /// Where the notifier's extra CA comes from, if anywhere.
+    pub ca: Option<NotifierCa>,
+}
+
+/// A ConfigMap key in the backup's namespace holding extra CA certificates for the notifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifierCa {
+    pub config_map: String,
+    pub key: String,
 }
 
 impl InjectorConfig {
@@ -132,6 +189,10 @@ impl InjectorConfig {
                 "limits": {"memory": args.notifier_memory_limit},
             }),
             policy_env,
+            ca: args.notifier_ca_configmap.as_ref().map(|name| NotifierCa {
+                config_map: name.clone(),
+                key: args.notifier_ca_key.clone(),
+            }),
         }
     }
 }
@@ -208,6 +269,11 @@ pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
     let notifier = notifier_container(cfg, &ann);
     let mut b = PatchBuilder::new(cron_job);
     ensure_named(&mut b, "volumes", pod::VOLUME, volume(), None);
+    match &cfg.ca {
+        Some(ca) => ensure_named(&mut b, "volumes", pod::CA_VOLUME, ca_volume(ca), None),
+        // The flag was dropped since this CronJob was mutated.
+        None => remove_named(&mut b, "volumes", pod::CA_VOLUME),
+    }
     ensure_named(
         &mut b,
         "initContainers",
@@ -388,6 +454,18 @@ fn volume() -> Value {
     json!({"name": pod::VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}})
 }
 
+/// Optional, so that a namespace without the ConfigMap (or the key) still runs its backups.
+fn ca_volume(ca: &NotifierCa) -> Value {
+    json!({
+        "name": pod::CA_VOLUME,
+        "configMap": {
+            "name": ca.config_map,
+            "items": [{"key": ca.key, "path": pod::CA_FILE_NAME}],
+            "optional": true,
+        },
+    })
+}
+
 /// Restricted, as the Pod Security Standards define it.
 fn restricted() -> Value {
     json!({
@@ -445,6 +523,13 @@ fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'
     vars.push((env::RESULT, pod::RESULT_FILE.to_owned()));
     vars.push((env::MODE, cfg.mode.as_str().to_owned()));
     vars.extend(cfg.policy_env.iter().cloned());
+    let mut mounts = vec![mount()];
+    if cfg.ca.is_some() {
+        vars.push((env::CA_FILE, pod::CA_FILE.to_owned()));
+        mounts.push(
+            json!({"name": pod::CA_VOLUME, "mountPath": pod::CA_MOUNT_PATH, "readOnly": true}),
+        );
+    }
     // The URLs, host and volume come from annotations and may hold `$`; unescaped, the kubelet
     // would expand or drop it before the notifier sees the value.
     let env: Vec<Value> = vars
@@ -458,7 +543,7 @@ fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'
         "env": env,
         "resources": cfg.resources,
         "securityContext": restricted(),
-        "volumeMounts": [mount()],
+        "volumeMounts": mounts,
     });
     if cfg.mode == NotifierMode::Sidecar {
         c["restartPolicy"] = json!("Always");
@@ -534,5 +619,36 @@ mod tests {
         // What the injector writes into the notifier's env must parse there.
         let injected = format!("{}ms", max.as_millis());
         assert_eq!(crate::notifier::cli::parse_timeout(&injected), Ok(max));
+    }
+
+    #[test]
+    fn the_ca_configmap_flags_take_only_what_the_apiserver_accepts() {
+        for good in ["kube-root-ca.crt", "relay-ca", "a", "trust.example.com"] {
+            assert_eq!(parse_config_map_name(good).as_deref(), Ok(good));
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "Relay",
+            "-ca",
+            "ca-",
+            "a..b",
+            "ca_bundle",
+            "a/b",
+            long.as_str(),
+        ] {
+            let e = parse_config_map_name(bad).unwrap_err();
+            assert!(
+                e.contains("is not a ConfigMap name") && !e.contains('\n'),
+                "{bad:?}: {e}"
+            );
+        }
+        for good in ["ca.crt", "bundle.pem", "CA_1-x"] {
+            assert_eq!(parse_config_map_key(good).as_deref(), Ok(good));
+        }
+        for bad in ["", ".", "..", "a/b", "a b", long.as_str()] {
+            let e = parse_config_map_key(bad).unwrap_err();
+            assert!(e.contains("is not a ConfigMap key"), "{bad:?}: {e}");
+        }
     }
 }

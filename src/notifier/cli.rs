@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::contract::{BackupKind, Outcome, Payload, env};
 use crate::url_policy::{PolicyArgs, UrlPolicy};
@@ -112,7 +112,9 @@ pub struct DeliveryArgs {
     #[arg(long, env = env::TIMEOUT, value_name = "DURATION", default_value = "10s")]
     pub timeout: String,
     /// PEM file with extra CA certificates to trust besides the bundled public roots
-    /// (webpki-roots), e.g. for an in-cluster relay with a private CA.
+    /// (webpki-roots), e.g. for an in-cluster relay with a private CA. A file that is missing or
+    /// holds no certificate is one WARN line, and the bundled roots alone are used: a public URL
+    /// still gets its notification.
     #[arg(long, env = env::CA_FILE, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
     #[command(flatten)]
@@ -129,7 +131,16 @@ impl DeliveryArgs {
             .ca_file
             .as_deref()
             .filter(|p| !p.as_os_str().is_empty());
-        let tls = tls::client_config(ca_file)?;
+        // The injector mounts the CA from an optional ConfigMap, so a pod must start and send
+        // even when that ConfigMap is missing or wrong; only a private-CA URL needs the file.
+        let tls = tls::client_config(ca_file).or_else(|e| {
+            warn!(
+                reason = "ca-file",
+                "{}: {e:#}; trusting only the bundled public roots",
+                env::CA_FILE
+            );
+            tls::client_config(None)
+        })?;
         let policy = UrlPolicy::from(self.policy.clone());
         Ok(Client::new(policy, tls, timeout))
     }
@@ -157,7 +168,8 @@ Delivery: exactly one HTTP/1.1 POST with Content-Type: application/json and the 
 the timeout covers DNS, connect, TLS and the response. Before connecting, the URL and every \
 address its host resolves to are checked against the URL policy, and the connection goes to one \
 of those checked addresses (HTTP_PROXY and HTTPS_PROXY are not used, for the same reason). TLS trusts the bundled \
-public roots plus --ca-file.
+public roots plus --ca-file (one WARN line, and the bundled roots alone, when that file is missing \
+or holds no certificate).
 
 At most once: before sending, FILE.sent is created exclusively; if it exists, nothing is sent \
 again (a restarted notifier, or a second run).
@@ -168,7 +180,7 @@ outcome.
 
 Exit status: always 0. A webhook must never change the Job's outcome, and in container mode a \
 non-zero exit would mark the pod failed. Invalid configuration (a bad NOTIFY_KIND, a missing \
-NOTIFY_HOST, an unreadable CA file, ...) is one ERROR line and no send. In sidecar mode the \
+NOTIFY_HOST, a bad NOTIFY_TIMEOUT, ...) is one ERROR line and no send. In sidecar mode the \
 notifier then idles until SIGTERM instead of exiting, because the kubelet would restart it into \
 the same error over and over; in container mode, or when the mode itself is invalid, it exits 0 \
 at once, so it can never hold a Job open.")]

@@ -122,19 +122,7 @@ pub async fn three_outcomes(c: &Cluster, ns: &str, notifier_in_init_containers: 
         let phase_ok = report.phase == testkit::pod_runner::PodPhase::Succeeded;
         assert_eq!(phase_ok, want_exit == 0, "{name}: {report:#?}");
 
-        assert!(
-            rx.wait_for(1, Duration::from_secs(10)),
-            "{name}: no notification; notifier log:\n{}",
-            notifier_log(&report)
-        );
-        // Exactly one: give a stray second attempt the time to show up.
-        std::thread::sleep(Duration::from_secs(1));
-        let requests = rx.requests();
-        assert_eq!(requests.len(), 1, "{name}: {requests:#?}");
-        let req = &requests[0];
-        assert_eq!(req.header("content-type"), Some("application/json"));
-        assert_eq!(req.path, path(want_status), "{name}: sent elsewhere");
-        assert_eq!(req.json().unwrap(), expected(ns, want_status), "{name}");
+        assert_one_notification(&rx, &report, ns, want_status, name);
         let notifier = report.container("notifier").unwrap();
         assert_eq!(
             notifier.exit_code,
@@ -148,7 +136,30 @@ pub async fn three_outcomes(c: &Cluster, ns: &str, notifier_in_init_containers: 
     }
 }
 
-fn notifier_log(report: &testkit::pod_runner::PodReport) -> String {
+/// The receiver got exactly one request: the payload for `status`, at that status's URL.
+pub fn assert_one_notification(
+    rx: &Receiver,
+    report: &testkit::pod_runner::PodReport,
+    ns: &str,
+    status: &str,
+    name: &str,
+) {
+    assert!(
+        rx.wait_for(1, Duration::from_secs(10)),
+        "{name}: no notification; notifier log:\n{}",
+        notifier_log(report)
+    );
+    // Exactly one: give a stray second attempt the time to show up.
+    std::thread::sleep(Duration::from_secs(1));
+    let requests = rx.requests();
+    assert_eq!(requests.len(), 1, "{name}: {requests:#?}");
+    let req = &requests[0];
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.path, path(status), "{name}: sent elsewhere");
+    assert_eq!(req.json().unwrap(), expected(ns, status), "{name}");
+}
+
+pub fn notifier_log(report: &testkit::pod_runner::PodReport) -> String {
     report
         .container("notifier")
         .and_then(|c| std::fs::read_to_string(&c.log_path).ok())

@@ -13,6 +13,24 @@ use testkit::pod_runner::{Echo, ImageMap, PodHandle, PodRunner, RunnerConfig};
 pub const NOTIFIER_IMAGE: &str = "registry.test/backup-operator:e2e";
 pub const NOTIFIER: &str = env!("CARGO_BIN_EXE_backup-notifier");
 
+/// The operator flags of every test that runs an injected pod, followed by `extra`: the loopback
+/// receiver is reached through the documented allowlist, the notifier is the freshly built one,
+/// and a short timeout keeps failing deliveries quick.
+pub fn inject_flags(extra: &[&'static str]) -> Vec<&'static str> {
+    [
+        "--allow-destination",
+        "127.0.0.1",
+        "--notifier-image",
+        NOTIFIER_IMAGE,
+        "--notifier-timeout",
+        "3s",
+    ]
+    .iter()
+    .chain(extra)
+    .copied()
+    .collect()
+}
+
 pub fn pod_spec(cj: &CronJob) -> PodSpec {
     cj.spec
         .as_ref()
