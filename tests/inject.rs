@@ -159,9 +159,12 @@ fn sidecar_injection_has_the_documented_shape() {
 #[test]
 fn mutating_a_mutated_cron_job_yields_an_empty_patch_even_with_apiserver_defaults() {
     let cj = cron_job(restic_pod(), default_annotations());
-    let cfg = config(NotifierMode::Sidecar);
+    let mut cfg = config(NotifierMode::Sidecar);
+    cfg.ca = relay_ca();
     let mut once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
     // What the apiserver adds when it stores the object must not look like drift.
+    once["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"][1]["configMap"]["defaultMode"] =
+        json!(420);
     for c in pod(&once)["initContainers"]
         .as_array()
         .unwrap()
@@ -272,6 +275,19 @@ fn a_ca_configmap_is_mounted_in_the_notifier_only_and_goes_when_the_flag_goes() 
     assert!(inject::mutate(with_ca.clone(), &cfg).patch.is_empty());
     assert_eq!(inject::inspect(&with_ca), Ok(()));
 
+    let mut other_key = config(NotifierMode::Sidecar);
+    other_key.ca = Some(NotifierCa {
+        config_map: "relay-ca".into(),
+        key: "ca.crt".into(),
+    });
+    let m = inject::mutate(with_ca.clone(), &other_key);
+    let replaced = apply(&with_ca, &m.patch);
+    assert_eq!(
+        pod(&replaced)["volumes"][1]["configMap"]["items"],
+        json!([{"key": "ca.crt", "path": "ca.crt"}])
+    );
+    assert_eq!(pod(&replaced)["volumes"].as_array().unwrap().len(), 2);
+
     let without = apply(
         &with_ca,
         &inject::mutate(with_ca.clone(), &config(NotifierMode::Sidecar)).patch,
@@ -284,6 +300,41 @@ fn a_ca_configmap_is_mounted_in_the_notifier_only_and_goes_when_the_flag_goes() 
         )
     );
     assert_eq!(pod(&without)["volumes"].as_array().unwrap().len(), 1);
+}
+
+/// A labelled CronJob a user wrote may use the name for a volume of its own: it is neither
+/// replaced (with the flag) nor removed (without it).
+#[test]
+fn a_users_own_volume_of_the_ca_volumes_name_is_left_alone() {
+    let mut spec = restic_pod();
+    spec["volumes"] = json!([{"name": "backup-notifier-ca", "secret": {"secretName": "mine"}}]);
+    spec["containers"][0]["volumeMounts"] =
+        json!([{"name": "backup-notifier-ca", "mountPath": "/etc/mine"}]);
+    let cj = cron_job(spec, default_annotations());
+    let mut cfg = config(NotifierMode::Sidecar);
+    cfg.ca = relay_ca();
+    for cfg in [cfg, config(NotifierMode::Sidecar)] {
+        let with_ca = cfg.ca.is_some();
+        let m = inject::mutate(cj.clone(), &cfg);
+        assert!(m.injected);
+        let out = apply(&cj, &m.patch);
+        assert_eq!(
+            pod(&out)["volumes"][0],
+            json!({"name": "backup-notifier-ca", "secret": {"secretName": "mine"}})
+        );
+        let notifier = &pod(&out)["initContainers"][1];
+        assert!(!env_of(notifier).contains_key("NOTIFY_CA_FILE"));
+        assert_eq!(notifier["volumeMounts"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            m.warnings
+                .iter()
+                .any(|w| w.contains("has its own volume \"backup-notifier-ca\"")),
+            with_ca,
+            "{:?}",
+            m.warnings
+        );
+        assert!(inject::mutate(out, &cfg).patch.is_empty());
+    }
 }
 
 #[test]
@@ -474,17 +525,23 @@ fn generated(spec: Value, target: Option<&str>) -> Value {
     cron_job(spec, ann)
 }
 
-/// The operator's flags that shape the injection: the mode and whether a CA is mounted.
+/// The operator's flags that shape the injection: the mode and which CA, if any, is mounted.
 fn config_strategy() -> impl Strategy<Value = InjectorConfig> {
-    (any::<bool>(), any::<bool>()).prop_map(|(container_mode, with_ca)| {
+    let ca = prop_oneof![
+        Just(None),
+        Just(relay_ca()),
+        Just(Some(NotifierCa {
+            config_map: "kube-root-ca.crt".into(),
+            key: "ca.crt".into(),
+        })),
+    ];
+    (any::<bool>(), ca).prop_map(|(container_mode, ca)| {
         let mut cfg = config(if container_mode {
             NotifierMode::Container
         } else {
             NotifierMode::Sidecar
         });
-        if with_ca {
-            cfg.ca = relay_ca();
-        }
+        cfg.ca = ca;
         cfg
     })
 }

@@ -13,7 +13,8 @@
 //! - with `--notifier-ca-configmap`, the `backup-notifier-ca` volume (that ConfigMap, optional)
 //!   mounted in the notifier, whose `NOTIFY_CA_FILE` points into it.
 //!
-//! Volume and container names starting with `backup-notifier` and `notifier` are the injector's.
+//! The injector owns the volumes `backup-notifier` and `backup-notifier-ca` and the containers
+//! `notifier-install` and `notifier`; it leaves a user's own `backup-notifier-ca` volume alone.
 
 pub mod patch;
 
@@ -100,13 +101,13 @@ pub struct InjectorArgs {
     pub notifier_memory_limit: String,
     /// ConfigMap, in each backup's own namespace, with extra CA certificates (PEM) the notifier
     /// trusts besides the bundled public roots: for relays whose certificate a private CA signed.
-    /// Mounted optional, so a namespace without it still runs its backups (the notifier logs a
-    /// warning and trusts the public roots only). `kube-root-ca.crt` is in every namespace and
-    /// holds the cluster's CA; trust-manager's Bundle can copy any CA into every namespace.
+    /// Mounted optional, so a namespace without it still runs its backups (the notifier then
+    /// trusts the public roots only, and a failed TLS delivery says the CA file was missing).
+    /// trust-manager's Bundle can write such a ConfigMap into every namespace.
     #[arg(long, value_name = "NAME", value_parser = parse_config_map_name)]
     pub notifier_ca_configmap: Option<String>,
     /// The key of --notifier-ca-configmap that holds the PEM.
-    #[arg(long, value_name = "KEY", default_value = "ca.crt", value_parser = parse_config_map_key)]
+    #[arg(long, value_name = "KEY", default_value = "ca.crt", value_parser = parse_config_map_key, requires = "notifier_ca_configmap")]
     pub notifier_ca_key: String,
 }
 
@@ -128,17 +129,18 @@ fn parse_config_map_name(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// `--notifier-ca-key`: a ConfigMap key, as the apiserver validates one.
+/// `--notifier-ca-key`: a ConfigMap key, as the apiserver validates one (a key could not be
+/// stored under any other name, so the CA would silently never load).
 fn parse_config_map_key(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s != "."
-        && s != ".."
+        && !s.starts_with("..")
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
         return Err(format!(
-            "{s:?} is not a ConfigMap key: letters, digits, '-', '_' and '.', at most 253 characters, not '.' or '..'"
+            "{s:?} is not a ConfigMap key: letters, digits, '-', '_' and '.', at most 253 characters, not '.' and not starting with '..'"
         ));
     }
     Ok(s.to_owned())
@@ -266,13 +268,27 @@ pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
         return m;
     }
 
-    let notifier = notifier_container(cfg, &ann);
+    let volumes = pod_spec(&cron_job)["volumes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let ca_volume_is_users = named(volumes, pod::CA_VOLUME).is_some_and(|v| !is_ca_volume(v));
+    let ca = cfg.ca.as_ref().filter(|_| !ca_volume_is_users);
+    if cfg.ca.is_some() && ca.is_none() {
+        m.warnings.push(format!(
+            "backup-operator: the pod template has its own volume {:?}, the name the injector mounts the notifier's CA under; the notifier trusts only public CAs here (rename that volume)",
+            pod::CA_VOLUME
+        ));
+    }
+
+    let notifier = notifier_container(cfg, ca, &ann);
     let mut b = PatchBuilder::new(cron_job);
     ensure_named(&mut b, "volumes", pod::VOLUME, volume(), None);
-    match &cfg.ca {
+    match ca {
         Some(ca) => ensure_named(&mut b, "volumes", pod::CA_VOLUME, ca_volume(ca), None),
         // The flag was dropped since this CronJob was mutated.
-        None => remove_named(&mut b, "volumes", pod::CA_VOLUME),
+        None if !ca_volume_is_users => remove_named(&mut b, "volumes", pod::CA_VOLUME),
+        None => {}
     }
     ensure_named(
         &mut b,
@@ -454,6 +470,16 @@ fn volume() -> Value {
     json!({"name": pod::VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}})
 }
 
+/// Whether a volume is one [`ca_volume`] made (for any ConfigMap and key), so that one of the
+/// user's own that happens to have the name is never replaced or removed.
+fn is_ca_volume(v: &Value) -> bool {
+    let cm = &v["configMap"];
+    cm["optional"] == true
+        && cm["items"]
+            .as_array()
+            .is_some_and(|items| items.len() == 1 && items[0]["path"] == pod::CA_FILE_NAME)
+}
+
 /// Optional, so that a namespace without the ConfigMap (or the key) still runs its backups.
 fn ca_volume(ca: &NotifierCa) -> Value {
     json!({
@@ -495,7 +521,11 @@ fn install_container(cfg: &InjectorConfig) -> Value {
     })
 }
 
-fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'a str>) -> Value {
+fn notifier_container<'a>(
+    cfg: &InjectorConfig,
+    ca: Option<&NotifierCa>,
+    ann: &impl Fn(&str) -> Option<&'a str>,
+) -> Value {
     let mut vars: Vec<(&str, String)> = Vec::new();
     if let Some(url) = ann(annotations::WEBHOOK_SUCCESS) {
         vars.push((env::SUCCESS_URL, url.to_owned()));
@@ -524,7 +554,7 @@ fn notifier_container<'a>(cfg: &InjectorConfig, ann: &impl Fn(&str) -> Option<&'
     vars.push((env::MODE, cfg.mode.as_str().to_owned()));
     vars.extend(cfg.policy_env.iter().cloned());
     let mut mounts = vec![mount()];
-    if cfg.ca.is_some() {
+    if ca.is_some() {
         vars.push((env::CA_FILE, pod::CA_FILE.to_owned()));
         mounts.push(
             json!({"name": pod::CA_VOLUME, "mountPath": pod::CA_MOUNT_PATH, "readOnly": true}),
@@ -646,7 +676,7 @@ mod tests {
         for good in ["ca.crt", "bundle.pem", "CA_1-x"] {
             assert_eq!(parse_config_map_key(good).as_deref(), Ok(good));
         }
-        for bad in ["", ".", "..", "a/b", "a b", long.as_str()] {
+        for bad in ["", ".", "..", "..data", "a/b", "a b", long.as_str()] {
             let e = parse_config_map_key(bad).unwrap_err();
             assert!(e.contains("is not a ConfigMap key"), "{bad:?}: {e}");
         }

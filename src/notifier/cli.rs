@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::contract::{BackupKind, Outcome, Payload, env};
 use crate::url_policy::{PolicyArgs, UrlPolicy};
@@ -112,9 +112,10 @@ pub struct DeliveryArgs {
     #[arg(long, env = env::TIMEOUT, value_name = "DURATION", default_value = "10s")]
     pub timeout: String,
     /// PEM file with extra CA certificates to trust besides the bundled public roots
-    /// (webpki-roots), e.g. for an in-cluster relay with a private CA. A file that is missing or
-    /// holds no certificate is one WARN line, and the bundled roots alone are used: a public URL
-    /// still gets its notification.
+    /// (webpki-roots), e.g. for an in-cluster relay with a private CA. Read at send time. For
+    /// `notify`, a file that is missing or holds no usable certificate leaves the public roots
+    /// alone (a public URL still gets its notification; a TLS failure names the file's
+    /// problem); `send` refuses it at once.
     #[arg(long, env = env::CA_FILE, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
     #[command(flatten)]
@@ -127,22 +128,9 @@ impl DeliveryArgs {
         let timeout = parse_timeout(&self.timeout)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{} (--timeout)", env::TIMEOUT))?;
-        let ca_file = self
-            .ca_file
-            .as_deref()
-            .filter(|p| !p.as_os_str().is_empty());
-        // The injector mounts the CA from an optional ConfigMap, so a pod must start and send
-        // even when that ConfigMap is missing or wrong; only a private-CA URL needs the file.
-        let tls = tls::client_config(ca_file).or_else(|e| {
-            warn!(
-                reason = "ca-file",
-                "{}: {e:#}; trusting only the bundled public roots",
-                env::CA_FILE
-            );
-            tls::client_config(None)
-        })?;
+        let ca_file = self.ca_file.clone().filter(|p| !p.as_os_str().is_empty());
         let policy = UrlPolicy::from(self.policy.clone());
-        Ok(Client::new(policy, tls, timeout))
+        Ok(Client::new(policy, tls::Trust::new(ca_file), timeout))
     }
 }
 
@@ -168,8 +156,9 @@ Delivery: exactly one HTTP/1.1 POST with Content-Type: application/json and the 
 the timeout covers DNS, connect, TLS and the response. Before connecting, the URL and every \
 address its host resolves to are checked against the URL policy, and the connection goes to one \
 of those checked addresses (HTTP_PROXY and HTTPS_PROXY are not used, for the same reason). TLS trusts the bundled \
-public roots plus --ca-file (one WARN line, and the bundled roots alone, when that file is missing \
-or holds no certificate).
+public roots plus --ca-file, read at send time (the kubelet may update a mounted ConfigMap while \
+the backup runs); when that file is missing or holds no usable certificate the public roots \
+alone are used, and a TLS failure says what was wrong with the file.
 
 At most once: before sending, FILE.sent is created exclusively; if it exists, nothing is sent \
 again (a restarted notifier, or a second run).
@@ -442,6 +431,7 @@ fn notify_main(args: &NotifyArgs) -> ExitCode {
             mode = %cfg.mode,
             result = %cfg.files.result.display(),
             timeout = %fmt_duration(client.timeout()),
+            extra_ca = %client.trust().extra_ca().map_or("none".into(), |p| p.display().to_string()),
             "waiting for the backup to end"
         );
         notify::run(&cfg, &client, &mut signals).await;
@@ -471,7 +461,12 @@ fn send_main(args: &SendArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = match args.delivery.client() {
+    // A human checking a setup wants a broken CA file named now, not a TLS error later.
+    let client = match args
+        .delivery
+        .client()
+        .and_then(|c| c.trust().check().map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("backup-notifier send: {e:#}");

@@ -11,7 +11,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,6 @@ use hyper::body::Bytes;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -29,6 +27,7 @@ use tracing::{info, warn};
 use url::Position;
 
 use crate::contract::Payload;
+use crate::notifier::tls::Trust;
 use crate::url_policy::{CheckedUrl, UrlPolicy, redact_str};
 
 /// Sent with every request, so receivers can tell the notifier from other clients.
@@ -127,21 +126,25 @@ type Failure = (Reason, String);
 #[derive(Clone)]
 pub struct Client {
     policy: UrlPolicy,
-    tls: TlsConnector,
+    trust: Trust,
     timeout: Duration,
 }
 
 impl Client {
-    pub fn new(policy: UrlPolicy, tls: Arc<ClientConfig>, timeout: Duration) -> Self {
+    pub fn new(policy: UrlPolicy, trust: Trust, timeout: Duration) -> Self {
         Client {
             policy,
-            tls: TlsConnector::from(tls),
+            trust,
             timeout,
         }
     }
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// POSTs `payload` as JSON to `url`, once.
@@ -218,11 +221,19 @@ impl Client {
         if url.is_https() {
             stage.set(Stage::TLS);
             let name = server_name(&url)?;
-            let tls = self
-                .tls
+            let trust = self
+                .trust
+                .load()
+                .map_err(|e| (Reason::Tls, format!("{e:#}")))?;
+            let tls = TlsConnector::from(trust.config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| (Reason::Tls, format!("TLS with {peer} failed: {e}")))?;
+                .map_err(|e| {
+                    // Said only here: with the public roots alone, the file's problem matters
+                    // only when the server's certificate is not publicly trusted.
+                    let ca = trust.problem.map(|p| format!(" ({p})")).unwrap_or_default();
+                    (Reason::Tls, format!("TLS with {peer} failed: {e}{ca}"))
+                })?;
             stage.set(Stage::RESPONSE);
             exchange(tls, request, peer).await
         } else {
