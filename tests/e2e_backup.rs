@@ -14,9 +14,9 @@ use common::cluster::{Cluster, Mode, cluster, kubectl_stdin, wait_for_event};
 use common::fixtures;
 use common::notify_scenario::expected;
 use common::pod_run::{inject_flags, pod_spec, runner};
-use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 use testkit::pod_runner::PodPhase;
 use testkit::receiver::{Receiver, Reply};
@@ -278,7 +278,7 @@ async fn a_volume_backup_is_backed_up_restored_and_notified_and_a_failure_reache
 
     // The Job object of that run, set to failed (by the test, standing in for the kubelet and
     // the job controller that cannot run here), reaches the VolumeBackup's status.
-    job_failed(&client, ns, &cj).await;
+    fixtures::job_failed(&client, ns, &cj).await;
     let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     wait_for("lastFailedTime", Duration::from_secs(60), || async {
         let vb = vbs.get("wrong-password").await?;
@@ -318,45 +318,6 @@ async fn a_volume_backup_is_backed_up_restored_and_notified_and_a_failure_reache
         )),
         "{metrics}"
     );
-}
-
-/// Creates the Job the CronJob controller would create, marked as managed elsewhere so the
-/// built-in job controller leaves its status to us, and reports it failed.
-async fn job_failed(client: &kube::Client, ns: &str, cj: &CronJob) {
-    let template = cj.spec.as_ref().unwrap().job_template.clone();
-    let mut spec = template.spec.unwrap();
-    spec.managed_by = Some("backup-operator.test/local-pod-runner".into());
-    let job = Job {
-        metadata: kube::api::ObjectMeta {
-            name: Some(format!("{}-manual", cj.metadata.name.as_deref().unwrap())),
-            labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
-            annotations: template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.annotations.clone()),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    };
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let job = jobs.create(&PostParams::default(), &job).await.unwrap();
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = json!({"status": {
-        "startTime": now,
-        "failed": 1,
-        "conditions": [
-            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastTransitionTime": now, "lastProbeTime": now},
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastTransitionTime": now, "lastProbeTime": now}
-        ]
-    }});
-    jobs.patch_status(
-        job.metadata.name.as_deref().unwrap(),
-        &PatchParams::default(),
-        &Patch::Merge(&status),
-    )
-    .await
-    .unwrap();
 }
 
 fn s3_backup(ns: &str, name: &str, bucket: &str, s3: &S3Server, rx: &Receiver) -> String {

@@ -1,5 +1,6 @@
 //! Two operator replicas against one apiserver: exactly one holds the Lease and reconciles, both
-//! serve admission, and when the leader is killed the other takes over within the lease duration.
+//! serve admission, and when the leader is killed the other takes over within the lease duration;
+//! a leader that loses the Lease without dying stops leading and drops its per-backup metrics.
 
 mod common;
 
@@ -9,7 +10,7 @@ use common::cluster::{install_crds, kubectl_stdin};
 use common::{Operator, dev_certs, fixtures};
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use testkit::control_plane::{ControlPlane, wait_for};
 
 const LEASE: Duration = Duration::from_secs(6);
@@ -203,5 +204,57 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     .await
     .unwrap();
     assert_eq!(metric(&replicas[fi].1, "backup_operator_leader").await, 1.0);
+
+    // The leader loses the Lease without dying (another replica took it over during a network
+    // partition, as it looks from here): it stops leading, and the per-backup series it exported
+    // go with it, so that only the current leader's figures reach alerts.
+    let leader_op = &replicas[fi].1;
+    let cj = cjs.get("second-backup").await.unwrap();
+    fixtures::job_failed(&client, ns.name(), &cj).await;
+    let series = format!(
+        r#"backup_operator_backup_last_job_success{{namespace="{}",kind="VolumeBackup",name="second"}}"#,
+        ns.name()
+    );
+    wait_for(
+        "the leader's backup metrics",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = fixtures::http_get(leader_op.admin, "/metrics").await;
+            anyhow::ensure!(body.contains(&series), "no {series} yet");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let taken = serde_json::json!({"spec": {
+        "holderIdentity": "replica-elsewhere", "leaseDurationSeconds": 3600,
+        "acquireTime": now, "renewTime": now}});
+    leases
+        .patch(
+            "backup-operator-leader",
+            &PatchParams::default(),
+            &Patch::Merge(&taken),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the old leader to step down and drop its backup series",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = fixtures::http_get(leader_op.admin, "/metrics").await;
+            anyhow::ensure!(
+                body.contains("backup_operator_leader 0"),
+                "still leading:\n{}",
+                leader_op.log()
+            );
+            anyhow::ensure!(!body.contains(&series), "{series} still exported");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
     replicas.clear();
 }

@@ -118,6 +118,9 @@ pub async fn run(
         let certs = rotate_certificates(ctx.client.clone(), rotation.clone(), done.clone());
         tokio::join!(vb, s3, certs);
         metrics.leader.set(0);
+        // Only the leader's per-backup series are current; a follower that kept exporting its
+        // last values would keep alerts firing (or silenced) for backups it no longer watches.
+        metrics.backups.retain(|_| false);
         tracing::info!("controllers stopped");
         if *stop.borrow() {
             break;

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 
 use backup_operator::crd::BackupStatus;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 /// Creates `obj` (JSON of a `K`) in `ns`.
@@ -73,4 +74,43 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Creates the Job the CronJob controller would create, marked as managed elsewhere so the
+/// built-in job controller leaves its status to us, and reports it failed.
+pub async fn job_failed(client: &kube::Client, ns: &str, cj: &CronJob) {
+    let template = cj.spec.as_ref().unwrap().job_template.clone();
+    let mut spec = template.spec.unwrap();
+    spec.managed_by = Some("backup-operator.test/local-pod-runner".into());
+    let job = Job {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{}-manual", cj.metadata.name.as_deref().unwrap())),
+            labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+            annotations: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = jobs.create(&PostParams::default(), &job).await.unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {
+        "startTime": now,
+        "failed": 1,
+        "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastTransitionTime": now, "lastProbeTime": now},
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastTransitionTime": now, "lastProbeTime": now}
+        ]
+    }});
+    jobs.patch_status(
+        job.metadata.name.as_deref().unwrap(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
 }
