@@ -55,8 +55,15 @@ async fn secrets(client: &kube::Client, ns: &str) {
 }
 
 fn restic(s3: &S3Server, repo: &str, args: &[&str]) -> std::process::Output {
-    Command::new("restic")
-        .args(args)
+    restic_command(s3, repo, args)
+        .output()
+        .expect("restic is installed (Debian package restic)")
+}
+
+/// restic on the host against the test's S3 repository.
+fn restic_command(s3: &S3Server, repo: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("restic");
+    c.args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("RESTIC_REPOSITORY", format!("s3:{}/{repo}", s3.endpoint()))
@@ -67,9 +74,38 @@ fn restic(s3: &S3Server, repo: &str, args: &[&str]) -> std::process::Output {
         .env(
             "RESTIC_CACHE_DIR",
             std::env::temp_dir().join("restic-test-cache"),
-        )
-        .output()
-        .expect("restic is installed (Debian package restic)")
+        );
+    c
+}
+
+fn locks(s3: &S3Server, repo: &str) -> usize {
+    let out = restic(s3, repo, &["--no-lock", "list", "locks"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Leaves the lock of a backup killed mid-run (SIGKILL, as an OOM kill or a lost node would)
+/// in the repository.
+fn leave_a_stale_lock(s3: &S3Server, repo: &str) {
+    let big = tempfile::tempdir().unwrap();
+    std::fs::write(big.path().join("big.bin"), random_bytes(200_000_000, 7)).unwrap();
+    let mut child = restic_command(s3, repo, &["backup", big.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while locks(s3, repo) == 0 {
+        assert!(std::time::Instant::now() < deadline, "restic took no lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(locks(s3, repo), 1, "the killed backup's lock stays behind");
 }
 
 /// The only snapshot's host and tags, after restoring it into `target`.
@@ -262,6 +298,20 @@ async fn a_volume_backup_is_backed_up_restored_and_notified_and_a_failure_reache
         "{tags:?}"
     );
     assert_eq!(files(&restored.path().join("data")), files(data.path()));
+
+    // The next run after a backup that was killed mid-way: its lock would make forget --prune
+    // (retention is set) fail every night; the run clears the stale lock and succeeds.
+    leave_a_stale_lock(&s3, "repo-vb");
+    let report = pod_runner.run(&pod_spec(&cj)).unwrap();
+    assert_eq!(
+        report.phase,
+        PodPhase::Succeeded,
+        "{report:#?}\nbackup log:\n{}",
+        std::fs::read_to_string(&report.container("backup").unwrap().log_path).unwrap_or_default()
+    );
+    assert!(rx.wait_for(2, Duration::from_secs(15)));
+    assert_eq!(rx.requests()[1].path, "/success");
+    assert_eq!(locks(&s3, "repo-vb"), 0);
 
     // A wrong repository password: the backup fails, one failure payload.
     let rx = Receiver::http(Reply::Status(204));

@@ -40,14 +40,33 @@ const MAX_CRON_JOB_NAME: usize = 52;
 
 /// The backup steps, fixed text: every input arrives through the environment.
 const BACKUP_SCRIPT: &str = r#"set -eu
-if ! restic cat config >/dev/null 2>&1; then
-  echo "backup-operator: no readable repository at the configured URL; initialising one"
-  restic init
+# restic 0.16+ can wait for another run's lock (several backups sharing one repository).
+wait_lock=""
+if restic --help 2>/dev/null | grep -q -e '--retry-lock'; then
+  wait_lock="--retry-lock=30m"
 fi
-restic backup "$BACKUP_SOURCE" --host "$BACKUP_HOST" --tag "$BACKUP_TAG"
+# No repository yet: restic 0.17+ exits 10, older versions exit 1 and ask "Is there a repository
+# at the following location?". Any other error (a wrong password, an unreachable server) fails
+# the backup with restic's own message.
+rc=0
+err=$(restic --no-lock cat config 2>&1 >/dev/null) || rc=$?
+if [ "$rc" -ne 0 ]; then
+  if [ "$rc" -eq 10 ] || printf '%s\n' "$err" | grep -q 'Is there a repository at the following location'; then
+    echo "backup-operator: no repository at the configured URL; initialising one"
+    restic init
+  else
+    printf '%s\n' "$err" >&2
+    exit "$rc"
+  fi
+fi
+# A run killed mid-way (an OOM kill, a lost node) leaves its lock behind, and forget --prune,
+# which needs the repository to itself, would fail on it every night. unlock removes only stale
+# locks: a live run keeps refreshing its own.
+restic unlock
+restic $wait_lock backup "$BACKUP_SOURCE" --host "$BACKUP_HOST" --tag "$BACKUP_TAG"
 if [ -n "${BACKUP_FORGET_ARGS:-}" ]; then
   # BACKUP_FORGET_ARGS is built by the operator from integers only.
-  restic forget --prune --host "$BACKUP_HOST" --tag "$BACKUP_TAG" $BACKUP_FORGET_ARGS
+  restic $wait_lock forget --prune --host "$BACKUP_HOST" --tag "$BACKUP_TAG" $BACKUP_FORGET_ARGS
 fi
 "#;
 
