@@ -111,6 +111,14 @@ async fn a_volume_backup_becomes_a_cron_job_with_the_notifier_and_follows_change
     assert_eq!(condition(&vb, "Suspended").unwrap().0, "False");
     let cj = cjs.get("my-backup-backup").await.unwrap();
     assert_eq!(cj.spec.as_ref().unwrap().schedule, "0 3 * * *");
+    // --backup-deadline's default: a Job whose pod never starts cannot block later runs forever.
+    assert_eq!(
+        cj.spec
+            .as_ref()
+            .and_then(|s| s.job_template.spec.as_ref())
+            .and_then(|j| j.active_deadline_seconds),
+        Some(24 * 3600)
+    );
     assert_eq!(
         notifier_env(&cj, "NOTIFY_SUCCESS_URL").as_deref(),
         Some("https://hooks.example.com/backup-success")

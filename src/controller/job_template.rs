@@ -6,6 +6,7 @@
 //! expansion.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
@@ -87,6 +88,13 @@ pub struct JobArgs {
         default_value = "docker.io/rclone/rclone:1.68"
     )]
     pub rclone_image: String,
+    /// Longest a backup Job may run (activeDeadlineSeconds); then it is stopped and reported as
+    /// failed (a failure notification, lastFailedTime, a BackupFailed event). Without a bound, a
+    /// Job whose pod never starts (an RWO volume attached elsewhere, an image that cannot be
+    /// pulled) stays active forever, and concurrencyPolicy Forbid then skips every later run
+    /// without a word. Raise it for first backups of very large volumes; 0 means no limit.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::serve::parse_duration)]
+    pub backup_deadline: Duration,
 }
 
 /// What differs between the two kinds.
@@ -355,6 +363,7 @@ pub fn cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
                     // One attempt per schedule: a retry would be a second backup and a second
                     // notification.
                     backoff_limit: Some(0),
+                    active_deadline_seconds: deadline_seconds(args.backup_deadline),
                     template: PodTemplateSpec {
                         metadata: Some(ObjectMeta {
                             labels: Some(labels),
@@ -393,6 +402,15 @@ fn owner_reference<K: Resource<DynamicType = ()>>(r: &K) -> OwnerReference {
     }
 }
 
+/// `--backup-deadline` in whole seconds (rounded up), `None` for no limit.
+fn deadline_seconds(d: Duration) -> Option<i64> {
+    if d.is_zero() {
+        return None;
+    }
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Some(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +420,7 @@ mod tests {
         JobArgs {
             restic_image: "restic:test".into(),
             rclone_image: "rclone:test".into(),
+            backup_deadline: Duration::from_secs(6 * 3600),
         }
     }
 
@@ -464,6 +483,14 @@ mod tests {
         assert_eq!(spec.suspend, Some(true));
         let job = spec.job_template.spec.unwrap();
         assert_eq!(job.backoff_limit, Some(0));
+        assert_eq!(job.active_deadline_seconds, Some(6 * 3600));
+        let unbounded = JobArgs {
+            backup_deadline: Duration::ZERO,
+            ..args()
+        };
+        let cj = cron_job(&vb("nightly"), &unbounded);
+        let job = cj.spec.unwrap().job_template.spec.unwrap();
+        assert_eq!(job.active_deadline_seconds, None);
         let pod = job.template.spec.unwrap();
         let backup = &pod.containers[0];
         assert_eq!(
