@@ -356,7 +356,13 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": new_status })),
+            &Patch::Merge(
+                status::merge_patch(&new_status)
+                    .map_err(kube::Error::SerdeError)
+                    .map_err(kube_err(format!(
+                        "encoding the status of {kind} {ns}/{name}"
+                    )))?,
+            ),
         )
         .await
         .map_err(kube_err(format!(

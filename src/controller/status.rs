@@ -5,6 +5,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::crd::BackupStatus;
+
 pub const READY: &str = "Ready";
 pub const SUSPENDED: &str = "Suspended";
 pub const NOTIFIER_INJECTED: &str = "NotifierInjected";
@@ -101,11 +103,80 @@ pub fn finished(job: &Job) -> Option<Finished> {
     })
 }
 
+/// The members of `BackupStatus` as serialised; a test keeps the list complete.
+const STATUS_KEYS: [&str; 6] = [
+    "observedGeneration",
+    "cronJobName",
+    "lastScheduleTime",
+    "lastSuccessfulTime",
+    "lastFailedTime",
+    "conditions",
+];
+
+/// A merge patch that sets the status to exactly `status`. A merge patch leaves a key it does
+/// not mention as it was, so what `status` no longer has (a `cronJobName` after the CronJob was
+/// lost to a conflict) is cleared with an explicit null; otherwise the stale value would stay and
+/// every reconcile would patch again.
+pub fn merge_patch(status: &BackupStatus) -> serde_json::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(status)?;
+    if let Some(members) = v.as_object_mut() {
+        for key in STATUS_KEYS {
+            members.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(serde_json::json!({ "status": v }))
+}
+
 /// The later of two optional times.
 pub fn latest(a: Option<Time>, b: Option<Timestamp>) -> Option<Time> {
     match (a, b) {
         (Some(a), Some(b)) if b > a.0 => Some(Time(b)),
         (Some(a), _) => Some(a),
         (None, b) => b.map(Time),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_merge_patch_names_every_member_and_clears_what_is_gone() {
+        let t = Time(Timestamp::UNIX_EPOCH);
+        let full = BackupStatus {
+            observed_generation: Some(1),
+            cron_job_name: Some("x-backup".into()),
+            last_schedule_time: Some(t.clone()),
+            last_successful_time: Some(t.clone()),
+            last_failed_time: Some(t.clone()),
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: "True".into(),
+                reason: "Ready".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: t,
+            }],
+        };
+        let serialised = serde_json::to_value(&full).unwrap();
+        let mut keys: Vec<&str> = serialised
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        let mut listed = STATUS_KEYS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(keys, listed, "STATUS_KEYS must list every member");
+
+        let patch = merge_patch(&BackupStatus {
+            observed_generation: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(patch["status"]["observedGeneration"], 2);
+        assert!(patch["status"]["cronJobName"].is_null());
+        assert!(patch["status"]["conditions"].is_null());
     }
 }
