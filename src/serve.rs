@@ -173,7 +173,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let injector = InjectorConfig::new(&args.injector, policy.to_env());
     let state = Arc::new(AdmissionState {
         policy,
-        injector,
+        injector: injector.clone(),
         metrics: metrics.clone(),
         max_request_bytes: args.max_request_bytes,
     });
@@ -195,6 +195,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tokio::spawn(controller::run(
             client,
             args.controller.clone(),
+            injector,
             rotation,
             metrics.clone(),
             stop_rx.clone(),

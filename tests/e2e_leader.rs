@@ -16,11 +16,7 @@ use testkit::control_plane::{ControlPlane, wait_for};
 const LEASE: Duration = Duration::from_secs(6);
 
 async fn metric(op: &Operator, name: &str) -> f64 {
-    let (_, body) = fixtures::http_get(op.admin, "/metrics").await;
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    fixtures::metric(op.admin, name).await
 }
 
 fn volume_backup(ns: &str, name: &str) -> String {

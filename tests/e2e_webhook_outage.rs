@@ -1,6 +1,7 @@
 //! The mutating webhook fails open. When it is unavailable while the controller writes a
 //! CronJob, the notifier is missing; `NotifierInjected` must say so (not silently lose
-//! notifications), and the condition must heal once the webhook is back. Its own test binary:
+//! notifications), and the condition must heal once the webhook is back; a reconcile with nothing
+//! to change must not strip a correct CronJob meanwhile. Its own test binary:
 //! it unregisters the webhook of its control plane for a while.
 
 mod common;
@@ -8,11 +9,13 @@ mod common;
 use std::time::Duration;
 
 use backup_operator::crd::VolumeBackup;
+use backup_operator::inject;
 use common::cluster::{
     Mode, cluster, kubectl_ok, kubectl_stdin, register_webhooks, wait_for_event,
     wait_until_mutating_webhook_acts,
 };
 use common::fixtures;
+use k8s_openapi::api::batch::v1::CronJob;
 use kube::api::Api;
 use testkit::control_plane::wait_for;
 
@@ -77,6 +80,35 @@ async fn notifier_injected_reports_a_webhook_outage_and_heals() {
         &["delete", "mutatingwebhookconfiguration", "backup-operator"],
     );
     wait_until_mutating_webhook_acts(c.cp, false, &|| c.operator.log());
+
+    // A reconcile with nothing to change writes nothing: re-applying now, without the webhook,
+    // would unwrap the backup command of a CronJob that is right.
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    let before = cjs.get("my-backup-backup").await.unwrap();
+    let reconciles = || fixtures::metric(c.operator.admin, "backup_operator_reconciles_total");
+    let count = reconciles().await;
+    kubectl_ok(
+        c.cp,
+        &["annotate", "volumebackup", "my-backup", "-n", ns, "poke=1"],
+    );
+    wait_for("a reconcile of the poked VolumeBackup", wait, || async {
+        let now = reconciles().await;
+        anyhow::ensure!(now > count, "{now} reconciles");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let after = cjs.get("my-backup-backup").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(
+        inject::inspect(&serde_json::to_value(&after).unwrap()),
+        Ok(())
+    );
+    assert_eq!(notifier_injected(&vbs).await.unwrap().0, "True");
+
     apply("https://hooks.example.com/two");
     let (_, reason, message) = wait_for("NotifierInjected=False", wait, || async {
         let got = notifier_injected(&vbs).await?;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::cert_rotation::RotationConfig;
 use crate::crd::{S3Backup, VolumeBackup};
+use crate::inject::InjectorConfig;
 use crate::metrics::{BackupLabels, Metrics};
 use job_template::{JobArgs, labels};
 use reconcile::{Context, Reconciled};
@@ -70,6 +71,7 @@ fn identity(args: &ControllerArgs) -> String {
 pub async fn run(
     client: kube::Client,
     args: ControllerArgs,
+    injector: InjectorConfig,
     rotation: Option<RotationConfig>,
     metrics: Metrics,
     stop: watch::Receiver<bool>,
@@ -94,6 +96,7 @@ pub async fn run(
         ),
         client,
         job_args: args.jobs,
+        injector,
         metrics: metrics.clone(),
     });
     let mut stop_wait = stop.clone();

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use super::job_template::{self, BackupSource, JobArgs, labels};
 use super::status::{self, Observed};
 use crate::crd::{BackupStatus, S3Backup, VolumeBackup};
-use crate::inject;
+use crate::inject::{self, InjectorConfig};
 use crate::metrics::{BackupFigures, BackupLabels, Metrics, ReconcileLabels};
 
 /// Field manager of everything the controller applies.
@@ -29,6 +29,8 @@ pub const FIELD_MANAGER: &str = "backup-operator";
 pub struct Context {
     pub client: kube::Client,
     pub job_args: JobArgs,
+    /// What the mutating webhook injects, to tell whether a stored CronJob is already current.
+    pub injector: InjectorConfig,
     pub recorder: Recorder,
     pub metrics: Metrics,
 }
@@ -112,6 +114,22 @@ impl Reconciled for S3Backup {
         });
         deps
     }
+}
+
+/// Whether the stored CronJob already is what applying `desired` leaves once the mutating
+/// webhook has injected the notifier (fields the apiserver defaults aside). Then nothing is
+/// written. Re-applying would be harmless while the webhook is up, but it fails open: a re-apply
+/// during an outage would unwrap the backup command of a CronJob that was right, and a backup
+/// run then would report failure for nothing.
+fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfig) -> bool {
+    let (Ok(stored), Ok(mut expected)) =
+        (serde_json::to_value(stored), serde_json::to_value(desired))
+    else {
+        return false;
+    };
+    let mutation = inject::mutate(expected.clone(), injector);
+    json_patch::patch(&mut expected, &mutation.patch).is_ok()
+        && inject::patch::contains(&stored, &expected)
 }
 
 /// The first missing dependency as a `Ready=False` observation.
@@ -221,14 +239,18 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         ));
         None
     } else {
-        let stored = cron_jobs
-            .patch(
-                &cj_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-            .map_err(kube_err(format!("applying CronJob {ns}/{cj_name}")))?;
+        let current = existing.filter(|cj| already_applied(cj, &desired, &ctx.injector));
+        let stored = match current {
+            Some(cj) => cj,
+            None => cron_jobs
+                .patch(
+                    &cj_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+                .map_err(kube_err(format!("applying CronJob {ns}/{cj_name}")))?,
+        };
         if previous.cron_job_name.is_none() {
             events.push((
                 EventType::Normal,

@@ -58,6 +58,15 @@ pub fn condition(status: Option<&BackupStatus>, type_: &str) -> Option<(String, 
 }
 
 /// A plain HTTP/1.1 GET (the admin port), answered with `(status, body)`.
+/// The sum of every series of the metric `name` (a prefix match) on an operator's admin port.
+pub async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
