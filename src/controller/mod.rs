@@ -30,6 +30,10 @@ use reconcile::{Context, Reconciled};
 pub struct ControllerArgs {
     #[command(flatten)]
     pub jobs: JobArgs,
+    /// Reconciles that may run at once, per kind. Bounds the API calls (each reconcile lists
+    /// the resource's Jobs) after a leader change or when many schedules fire together.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub reconcile_concurrency: u16,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(
         long = "lease-namespace",
@@ -86,6 +90,7 @@ pub async fn run(
     let (lead_tx, mut leading) = watch::channel(false);
     let leases = Api::namespaced(client.clone(), &args.lease_namespace);
     let election = tokio::spawn(leader::run(leases, cfg, lead_tx, stop.clone()));
+    let concurrency = args.reconcile_concurrency;
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -116,8 +121,8 @@ pub async fn run(
             }
         };
         let done = futures::future::FutureExt::shared(done);
-        let vb = controller::<VolumeBackup>(ctx.clone(), done.clone());
-        let s3 = controller::<S3Backup>(ctx.clone(), done.clone());
+        let vb = controller::<VolumeBackup>(ctx.clone(), concurrency, done.clone());
+        let s3 = controller::<S3Backup>(ctx.clone(), concurrency, done.clone());
         let certs = rotate_certificates(ctx.client.clone(), rotation.clone(), done.clone());
         tokio::join!(vb, s3, certs);
         metrics.leader.set(0);
@@ -134,6 +139,7 @@ pub async fn run(
 
 async fn controller<K>(
     ctx: Arc<Context>,
+    concurrency: u16,
     done: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) where
     K: Reconciled,
@@ -147,6 +153,7 @@ async fn controller<K>(
             let name = job.annotations().get(labels::OWNER_NAME)?.clone();
             Some(ObjectRef::<K>::new(&name).within(&job.namespace()?))
         })
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(done.clone());
     let pruner = tokio::spawn(prune_metrics::<K>(
         controller.store(),
