@@ -10,6 +10,7 @@ use backup_operator::crd::VolumeBackup;
 use common::cluster::{Mode, cluster, kubectl_stdin, wait_for_event};
 use common::fixtures;
 use k8s_openapi::api::batch::v1::CronJob;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use testkit::control_plane::wait_for;
 
@@ -177,6 +178,61 @@ async fn a_volume_backup_becomes_a_cron_job_with_the_notifier_and_follows_change
         anyhow::ensure!(
             condition(&vb, "Suspended").map(|c| c.0).as_deref() == Some("True"),
             "Suspended not True"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Removals reach the CronJob too: a time zone and a URL taken out of the spec (which the
+    // controller must not mistake for "nothing to change").
+    let suspended = manifest(
+        ns,
+        "15 4 * * *",
+        "https://hooks.example.com/new-success",
+        true,
+    );
+    apply(
+        cp,
+        &suspended.replace("  suspended:", "  timeZone: Europe/Berlin\n  suspended:"),
+    );
+    wait_for("the time zone", WAIT, || async {
+        let cj = cjs.get("my-backup-backup").await?;
+        let zone = cj.spec.as_ref().unwrap().time_zone.clone();
+        anyhow::ensure!(
+            zone.as_deref() == Some("Europe/Berlin"),
+            "time zone {zone:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // The time zone alone taken out: an object key the CronJob no longer has, which only the
+    // template hash can tell from a default the apiserver added.
+    apply(cp, &suspended);
+    wait_for("the time zone to go", WAIT, || async {
+        let cj = cjs.get("my-backup-backup").await?;
+        let zone = cj.spec.as_ref().unwrap().time_zone.clone();
+        anyhow::ensure!(zone.is_none(), "time zone {zone:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    apply(cp, &manifest(ns, "15 4 * * *", "", true));
+    wait_for("the success URL to go", WAIT, || async {
+        let cj = cjs.get("my-backup-backup").await?;
+        let annotation = cj
+            .annotations()
+            .get("backups.k8s.bnerd.com/webhook-success")
+            .cloned();
+        let url = notifier_env(&cj, "NOTIFY_SUCCESS_URL");
+        anyhow::ensure!(
+            annotation.is_none() && url.is_none(),
+            "annotation {annotation:?}, env {url:?}"
+        );
+        anyhow::ensure!(
+            notifier_env(&cj, "NOTIFY_FAILURE_URL").is_some(),
+            "the failure URL went too"
         );
         Ok(())
     })

@@ -30,6 +30,9 @@ pub mod labels {
     pub const OWNER_KIND: &str = "backups.k8s.bnerd.com/owner-kind";
     /// `<name>` of the owning resource (an annotation: names may exceed a label's 63 bytes).
     pub const OWNER_NAME: &str = "backups.k8s.bnerd.com/owner-name";
+    /// A digest of the rest of the generated CronJob (an annotation), so the controller can tell
+    /// whether what it would apply changed, removals included.
+    pub const TEMPLATE_HASH: &str = "backups.k8s.bnerd.com/template-hash";
 }
 
 /// Where the backed-up files are, in the backup container.
@@ -47,16 +50,17 @@ if restic --help 2>/dev/null | grep -q -e '--retry-lock'; then
   wait_lock="--retry-lock=30m"
 fi
 # No repository yet: restic 0.17+ exits 10, older versions exit 1 and ask "Is there a repository
-# at the following location?". Any other error (a wrong password, an unreachable server) fails
-# the backup with restic's own message.
+# at the following location?" (which some versions also ask after other failures to read it, so
+# restic's message is always shown first: init then fails with the real cause beside it). Any
+# other error (a wrong password) fails the backup with restic's own message.
 rc=0
 err=$(restic --no-lock cat config 2>&1 >/dev/null) || rc=$?
 if [ "$rc" -ne 0 ]; then
-  if [ "$rc" -eq 10 ] || printf '%s\n' "$err" | grep -q 'Is there a repository at the following location'; then
+  printf '%s\n' "$err" >&2
+  if [ "$rc" -eq 10 ] || { [ "$rc" -eq 1 ] && printf '%s\n' "$err" | grep -q 'Is there a repository at the following location'; }; then
     echo "backup-operator: no repository at the configured URL; initialising one"
     restic init
   else
-    printf '%s\n' "$err" >&2
     exit "$rc"
   fi
 fi
@@ -245,8 +249,21 @@ fn forget_args(r: &Retention) -> String {
     .join(" ")
 }
 
-/// The CronJob for `r`, ready for server-side apply.
+/// The CronJob for `r`, ready for server-side apply, with its [`labels::TEMPLATE_HASH`].
 pub fn cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
+    let mut cj = unhashed_cron_job(r, args);
+    // k8s-openapi serialises fields in a fixed order and maps sorted, so equal objects hash
+    // equal. Should the digest of an unchanged object change with a new version, the cost is one
+    // re-apply.
+    let digest = serde_json::to_vec(&cj).map(|json| Sha256::digest(&json));
+    if let (Ok(digest), Some(annotations)) = (digest, cj.metadata.annotations.as_mut()) {
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        annotations.insert(labels::TEMPLATE_HASH.to_owned(), hex);
+    }
+    cj
+}
+
+fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
     let meta = r.meta();
     let name = meta.name.clone().unwrap_or_default();
     let namespace = namespace_of(r);
@@ -611,5 +628,20 @@ mod tests {
                 .iter()
                 .any(|v| v.name == "data" && v.empty_dir.is_some())
         );
+    }
+
+    #[test]
+    fn the_template_hash_is_stable_and_moves_with_any_change_removals_included() {
+        let hash =
+            |cj: &CronJob| cj.metadata.annotations.as_ref().unwrap()[labels::TEMPLATE_HASH].clone();
+        let a = cron_job(&vb("nightly"), &args());
+        assert_eq!(hash(&a), hash(&cron_job(&vb("nightly"), &args())));
+        assert_eq!(hash(&a).len(), 32);
+        let mut no_zone = vb("nightly");
+        no_zone.spec.common.time_zone = None;
+        assert_ne!(hash(&a), hash(&cron_job(&no_zone, &args())));
+        let mut no_failure_url = vb("nightly");
+        no_failure_url.spec.common.webhooks = None;
+        assert_ne!(hash(&a), hash(&cron_job(&no_failure_url, &args())));
     }
 }

@@ -117,11 +117,16 @@ impl Reconciled for S3Backup {
 }
 
 /// Whether the stored CronJob already is what applying `desired` leaves once the mutating
-/// webhook has injected the notifier (fields the apiserver defaults aside). Then nothing is
-/// written. Re-applying would be harmless while the webhook is up, but it fails open: a re-apply
-/// during an outage would unwrap the backup command of a CronJob that was right, and a backup
-/// run then would report failure for nothing.
+/// webhook has injected the notifier. Then nothing is written. Re-applying would be harmless
+/// while the webhook is up, but it fails open: a re-apply during an outage would unwrap the
+/// backup command of a CronJob that was right, and a backup run then would report failure for
+/// nothing. The template hash catches what `desired` dropped (a removed time zone or URL), which
+/// the containment check, tolerant of the apiserver's defaults, cannot see.
 fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfig) -> bool {
+    let hash = |cj: &CronJob| cj.annotations().get(labels::TEMPLATE_HASH).cloned();
+    if hash(desired).is_none() || hash(stored) != hash(desired) {
+        return false;
+    }
     let (Ok(stored), Ok(mut expected)) =
         (serde_json::to_value(stored), serde_json::to_value(desired))
     else {
@@ -240,6 +245,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         None
     } else {
         let current = existing.filter(|cj| already_applied(cj, &desired, &ctx.injector));
+        let applied = current.is_none();
         let stored = match current {
             Some(cj) => cj,
             None => cron_jobs
@@ -251,15 +257,17 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
                 .await
                 .map_err(kube_err(format!("applying CronJob {ns}/{cj_name}")))?,
         };
-        if previous.cron_job_name.is_none() {
+        // Events say what was written; a skipped apply wrote nothing.
+        if applied && previous.cron_job_name.is_none() {
             events.push((
                 EventType::Normal,
                 "Created".to_owned(),
                 format!("Created CronJob {cj_name}"),
             ));
-        } else if previous
-            .observed_generation
-            .is_some_and(|g| Some(g) < obj.meta().generation)
+        } else if applied
+            && previous
+                .observed_generation
+                .is_some_and(|g| Some(g) < obj.meta().generation)
         {
             events.push((
                 EventType::Normal,

@@ -42,7 +42,14 @@ impl Trust {
     /// certificate, for callers (a human running `send`) who want to hear about it at once.
     pub fn check(&self) -> anyhow::Result<()> {
         match &self.extra_ca {
-            Some(path) => read_pem(path).map(|_| ()),
+            Some(path) => {
+                let pem = read_pem(path)?;
+                let (added, _) = RootCertStore::empty().add_parsable_certificates(pem.certs);
+                if added == 0 {
+                    bail!("CA file {}: no usable certificate in it", path.display());
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -57,11 +64,16 @@ impl Trust {
         if let Some(path) = &self.extra_ca {
             match read_pem(path) {
                 Ok(pem) => {
-                    let (_, ignored) = roots.add_parsable_certificates(pem.certs);
+                    let (added, ignored) = roots.add_parsable_certificates(pem.certs);
                     let skipped = pem.skipped + ignored;
                     if skipped > 0 {
+                        let what = if added == 0 {
+                            "; only the bundled public roots are trusted"
+                        } else {
+                            ""
+                        };
                         problem = Some(format!(
-                            "{skipped} certificate(s) in CA file {} could not be used",
+                            "{skipped} certificate(s) in CA file {} could not be used{what}",
                             path.display()
                         ));
                     }
@@ -151,6 +163,21 @@ mod tests {
                 "{problem}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_whose_only_certificate_is_unusable_is_refused_by_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, NOT_A_CERT).unwrap();
+        let trust = Trust::new(Some(bad));
+        let e = trust.check().unwrap_err();
+        assert!(format!("{e:#}").contains("no usable certificate"), "{e:#}");
+        let problem = trust.load().unwrap().problem.unwrap();
+        assert!(
+            problem.contains("only the bundled public roots"),
+            "{problem}"
+        );
     }
 
     #[test]
