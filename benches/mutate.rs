@@ -47,7 +47,7 @@ fn bench_mutate(c: &mut Criterion) {
     let cfg = fixtures::injector();
     let full = inject::mutate(review["request"]["object"].clone(), &cfg);
     assert!(
-        full.injected,
+        full.injected(),
         "the fixture must be a CronJob that gets the notifier"
     );
     let object = decode_mutate_review(&body)
@@ -98,7 +98,7 @@ fn bench_mutate(c: &mut Criterion) {
         b.iter(|| {
             let mut req = decode_mutate_review(black_box(&body)).expect("decodes");
             let m = mutation_for(&mut req, &cfg);
-            assert!(m.injected);
+            assert!(m.injected());
             Answer::allow(&req.uid)
                 .with_warnings(m.warnings)
                 .with_patch(&json_patch::Patch(m.patch))

@@ -130,11 +130,12 @@ async fn creates(a: CreatesArgs) -> Result<()> {
                     .map(|cj| Object::CronJob(Box::new(cj)))?
             }
             Kind::CronjobInjected => {
-                let mut cj = fixtures::cron_job(&name, &a.namespace, i)?;
-                let mutation = inject::mutate(cj.clone(), &fixtures::injector());
-                anyhow::ensure!(mutation.injected, "the fixture CronJob was not injected");
-                json_patch::patch(&mut cj, &mutation.patch).context("applying the injection")?;
-                serde_json::from_value::<CronJob>(cj).map(|cj| Object::CronJob(Box::new(cj)))?
+                let cj = fixtures::cron_job(&name, &a.namespace, i)?;
+                let injected = inject::mutate(cj, &fixtures::injector())
+                    .object
+                    .context("the fixture CronJob was not injected")?;
+                serde_json::from_value::<CronJob>(injected)
+                    .map(|cj| Object::CronJob(Box::new(cj)))?
             }
         });
     }

@@ -87,7 +87,7 @@ fn env_of(container: &Value) -> std::collections::BTreeMap<String, String> {
 fn sidecar_injection_has_the_documented_shape() {
     let cj = cron_job(restic_pod(), default_annotations());
     let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
-    assert!(m.injected && m.warnings.is_empty(), "{m:?}");
+    assert!(m.injected() && m.warnings.is_empty(), "{m:?}");
     let out = apply(&cj, &m.patch);
     let p = pod(&out);
     assert_eq!(
@@ -181,7 +181,7 @@ fn mutating_a_mutated_cron_job_yields_an_empty_patch_even_with_apiserver_default
         json!("16Mi");
     let again = inject::mutate(once.clone(), &cfg);
     assert!(again.patch.is_empty(), "{:?}", again.patch);
-    assert!(again.injected);
+    assert!(again.injected());
 }
 
 #[test]
@@ -316,7 +316,7 @@ fn a_users_own_volume_of_the_ca_volumes_name_is_left_alone() {
     for cfg in [cfg, config(NotifierMode::Sidecar)] {
         let with_ca = cfg.ca.is_some();
         let m = inject::mutate(cj.clone(), &cfg);
-        assert!(m.injected);
+        assert!(m.injected());
         let out = apply(&cj, &m.patch);
         assert_eq!(
             pod(&out)["volumes"][0],
@@ -346,7 +346,7 @@ fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
         .remove("command");
     let cj = cron_job(no_command, default_annotations());
     let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
-    assert!(m.patch.is_empty() && !m.injected);
+    assert!(m.patch.is_empty() && !m.injected());
     assert!(
         m.warnings[0].contains("container \"backup\" has no command"),
         "{:?}",
@@ -370,7 +370,7 @@ fn unlabelled_cron_jobs_are_not_touched() {
     let mut cj = cron_job(restic_pod(), default_annotations());
     cj["metadata"]["labels"] = json!({"backups.k8s.bnerd.com/notify": "false"});
     let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
-    assert!(m.patch.is_empty() && m.warnings.is_empty() && !m.injected);
+    assert!(m.patch.is_empty() && m.warnings.is_empty() && !m.injected());
 }
 
 #[test]

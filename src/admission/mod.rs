@@ -200,6 +200,7 @@ async fn mutate_handler(
         Err(refused) => return refused,
     };
     let mutation = mutation_for(&mut req, &state.injector);
+    let injected = mutation.injected();
     let warnings = mutation.warnings.len();
     let ops = mutation.patch.len();
     let patch = json_patch::Patch(mutation.patch);
@@ -220,7 +221,7 @@ async fn mutate_handler(
         name = %req.name,
         operation = ?req.operation,
         decision,
-        injected = mutation.injected,
+        injected,
         ops,
         warnings,
         "mutated"

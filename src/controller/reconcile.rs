@@ -127,14 +127,13 @@ fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfi
     if hash(desired).is_none() || hash(stored) != hash(desired) {
         return false;
     }
-    let (Ok(stored), Ok(mut expected)) =
-        (serde_json::to_value(stored), serde_json::to_value(desired))
+    let (Ok(stored), Ok(desired)) = (serde_json::to_value(stored), serde_json::to_value(desired))
     else {
         return false;
     };
-    let mutation = inject::mutate(expected.clone(), injector);
-    json_patch::patch(&mut expected, &mutation.patch).is_ok()
-        && inject::patch::contains(&stored, &expected)
+    inject::mutate(desired, injector)
+        .object
+        .is_some_and(|expected| inject::patch::contains(&stored, &expected))
 }
 
 /// The first missing dependency as a `Ready=False` observation.

@@ -204,8 +204,16 @@ impl InjectorConfig {
 pub struct Mutation {
     pub patch: Vec<PatchOperation>,
     pub warnings: Vec<String>,
+    /// The CronJob with the patch applied (the injector's working copy), when the notifier is
+    /// (now) in its pod template.
+    pub object: Option<Value>,
+}
+
+impl Mutation {
     /// The notifier is (now) in the pod template.
-    pub injected: bool,
+    pub fn injected(&self) -> bool {
+        self.object.is_some()
+    }
 }
 
 /// Whether the CronJob asks for notifications.
@@ -323,9 +331,9 @@ pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
     }
     wrap_target(&mut b, &target_name);
     raise_grace_period(&mut b, cfg.timeout);
-    let (ops, _) = b.into_ops();
+    let (ops, object) = b.into_ops();
     m.patch = ops;
-    m.injected = true;
+    m.object = Some(object);
     m
 }
 
