@@ -139,25 +139,24 @@ fn a_missing_or_bad_ca_file_never_stops_a_send_and_a_tls_failure_names_it() {
     let garbage = s.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let missing = s.path().join("missing/ca.crt");
-    for ca in [&missing, &garbage] {
+    // A successful backup's notify with that CA file, to `rx`.
+    let notify = |rx: &Receiver, ca: &std::path::Path| {
         let s = Scratch::new();
         s.run_exec("exit 0");
-        let rx = Receiver::http(Reply::Status(200));
-        let r = run(
-            with_urls(&mut s.notify("container"), &rx).env("NOTIFY_CA_FILE", ca),
+        run(
+            with_urls(&mut s.notify("container"), rx).env("NOTIFY_CA_FILE", ca),
             LIMIT,
-        );
+        )
+    };
+    for ca in [&missing, &garbage] {
+        let rx = Receiver::http(Reply::Status(200));
+        let r = notify(&rx, ca);
         r.assert_code(0);
         assert_delivered_line(&r, 200);
         assert_eq!(rx.count(), 1);
 
-        let s = Scratch::new();
-        s.run_exec("exit 0");
         let rx = Receiver::https(Reply::Status(200));
-        let r = run(
-            with_urls(&mut s.notify("container"), &rx).env("NOTIFY_CA_FILE", ca),
-            LIMIT,
-        );
+        let r = notify(&rx, ca);
         r.assert_code(0);
         let warnings = r.lines("WARN");
         assert_eq!(warnings.len(), 1, "{}", r.stderr);

@@ -42,14 +42,7 @@ impl Trust {
     /// certificate, for callers (a human running `send`) who want to hear about it at once.
     pub fn check(&self) -> anyhow::Result<()> {
         match &self.extra_ca {
-            Some(path) => {
-                let pem = read_pem(path)?;
-                let (added, _) = RootCertStore::empty().add_parsable_certificates(pem.certs);
-                if added == 0 {
-                    bail!("CA file {}: no usable certificate in it", path.display());
-                }
-                Ok(())
-            }
+            Some(path) => add_pem_file(&mut RootCertStore::empty(), path).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -60,29 +53,17 @@ impl Trust {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        let mut problem = None;
-        if let Some(path) = &self.extra_ca {
-            match read_pem(path) {
-                Ok(pem) => {
-                    let (added, ignored) = roots.add_parsable_certificates(pem.certs);
-                    let skipped = pem.skipped + ignored;
-                    if skipped > 0 {
-                        let what = if added == 0 {
-                            "; only the bundled public roots are trusted"
-                        } else {
-                            ""
-                        };
-                        problem = Some(format!(
-                            "{skipped} certificate(s) in CA file {} could not be used{what}",
-                            path.display()
-                        ));
-                    }
-                }
-                Err(e) => {
-                    problem = Some(format!("{e:#}; only the bundled public roots are trusted"))
-                }
-            }
-        }
+        let problem = match &self.extra_ca {
+            None => None,
+            Some(path) => match add_pem_file(&mut roots, path) {
+                Ok(0) => None,
+                Ok(skipped) => Some(format!(
+                    "{skipped} certificate(s) in CA file {} could not be used",
+                    path.display()
+                )),
+                Err(e) => Some(format!("{e:#}; only the bundled public roots are trusted")),
+            },
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -96,6 +77,17 @@ impl Trust {
             problem,
         })
     }
+}
+
+/// Adds the usable certificates of a PEM file to `roots` and returns how many it skipped; an
+/// error when the file cannot be read or has no usable certificate.
+fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> anyhow::Result<usize> {
+    let pem = read_pem(path)?;
+    let (added, ignored) = roots.add_parsable_certificates(pem.certs);
+    if added == 0 {
+        bail!("CA file {}: no usable certificate in it", path.display());
+    }
+    Ok(pem.skipped + ignored)
 }
 
 struct Pem {
