@@ -18,6 +18,17 @@ pub mod annotations {
     pub const NOTIFY_HOST: &str = "backups.k8s.bnerd.com/notify-host";
     pub const NOTIFY_VOLUME: &str = "backups.k8s.bnerd.com/notify-volume";
     pub const NOTIFY_CONTAINER: &str = "backups.k8s.bnerd.com/notify-container";
+
+    /// The annotations `/validate` checks on a labelled CronJob, and the only ones it reads: the
+    /// validating webhook's `matchConditions` send an UPDATE only when one of them (or the
+    /// label) changes.
+    pub const VALIDATED: [&str; 5] = [
+        WEBHOOK_SUCCESS,
+        WEBHOOK_FAILURE,
+        NOTIFY_KIND,
+        NOTIFY_HOST,
+        NOTIFY_VOLUME,
+    ];
 }
 
 /// Environment of the `notifier` container (read by `backup-notifier notify`).

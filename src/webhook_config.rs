@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -102,10 +102,67 @@ fn meta() -> ObjectMeta {
     }
 }
 
+fn condition(name: &str, expression: String) -> MatchCondition {
+    MatchCondition {
+        name: name.to_owned(),
+        expression,
+    }
+}
+
+/// An object on its way out is never checked (`/validate` allows it anyway): removing the last
+/// finalizer is an UPDATE, and a fail-closed webhook that is down must not hold a deletion.
+fn not_being_deleted() -> MatchCondition {
+    condition(
+        "not-being-deleted",
+        "!has(object.metadata.deletionTimestamp)".to_owned(),
+    )
+}
+
+/// `/validate` reads nothing of a custom resource but its spec, so an UPDATE that leaves the spec
+/// as it was (labels, annotations, finalizers, ownerReferences written by other tools) is not
+/// sent: it would be allowed, and while the webhook is down it would be refused.
+fn custom_resource_spec_changed() -> MatchCondition {
+    condition(
+        "spec-changed",
+        "request.operation != 'UPDATE' || !has(object.spec) || !has(oldObject.spec) \
+         || object.spec != oldObject.spec"
+            .to_owned(),
+    )
+}
+
+/// The CronJob counterpart: `/validate` reads the notify label and the notification
+/// annotations, so only an UPDATE that adds, removes or changes one of them is sent.
+fn cron_job_notification_changed() -> MatchCondition {
+    let changed = |field: &str, keys: &[&str]| {
+        let keys = keys
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let has =
+            |obj: &str| format!("(has({obj}.metadata.{field}) && k in {obj}.metadata.{field})");
+        format!(
+            "[{keys}].exists(k, {new} != {old}\n  || {new} && object.metadata.{field}[k] != oldObject.metadata.{field}[k])",
+            new = has("object"),
+            old = has("oldObject"),
+        )
+    };
+    condition(
+        "notification-changed",
+        format!(
+            "request.operation != 'UPDATE'\n|| {}\n|| {}",
+            changed("labels", &[contract::NOTIFY_LABEL]),
+            changed("annotations", &contract::annotations::VALIDATED),
+        ),
+    )
+}
+
 /// `/validate`: both custom resources (fail closed: a bad URL must never slip in), and labelled
-/// CronJobs' notification annotations.
+/// CronJobs' notification annotations. `matchConditions` keep out the requests whose answer
+/// cannot be a denial, so that an outage blocks only what it must: creates and changes of what
+/// is checked.
 pub fn validating(s: &WebhookSettings) -> ValidatingWebhookConfiguration {
-    let common = |name: &str, rules, object_selector| ValidatingWebhook {
+    let common = |name: &str, rules, object_selector, changed| ValidatingWebhook {
         name: name.to_owned(),
         admission_review_versions: vec!["v1".into()],
         side_effects: "None".into(),
@@ -116,7 +173,7 @@ pub fn validating(s: &WebhookSettings) -> ValidatingWebhookConfiguration {
         namespace_selector: s.namespace_selector(),
         object_selector,
         rules: Some(rules),
-        match_conditions: None,
+        match_conditions: Some(vec![not_being_deleted(), changed]),
     };
     ValidatingWebhookConfiguration {
         metadata: meta(),
@@ -125,11 +182,13 @@ pub fn validating(s: &WebhookSettings) -> ValidatingWebhookConfiguration {
                 "backups.validate.backups.k8s.bnerd.com",
                 vec![rule(contract::GROUP, &["volumebackups", "s3backups"])],
                 None,
+                custom_resource_spec_changed(),
             ),
             common(
                 "cronjobs.validate.backups.k8s.bnerd.com",
                 vec![rule("batch", &["cronjobs"])],
                 notify_label_selector(),
+                cron_job_notification_changed(),
             ),
         ]),
     }

@@ -309,15 +309,23 @@ impl Checker<'_> {
         if !labelled {
             return;
         }
-        let empty = BTreeMap::new();
-        let ann = meta.annotations.as_ref().unwrap_or(&empty);
-        let old_ann = old.map(|o| o.annotations.as_ref().unwrap_or(&empty));
+        // Only what `annotations::VALIDATED` names: the webhook configuration's matchConditions
+        // skip UPDATEs that change nothing else, so reading more here would go unchecked there.
+        fn validated(m: &MetaView) -> BTreeMap<&'static str, &str> {
+            let all = m.annotations.as_ref();
+            annotations::VALIDATED
+                .iter()
+                .filter_map(|k| Some((*k, all?.get(*k)?.as_str())))
+                .collect()
+        }
+        let ann = validated(meta);
+        let old_ann = old.map(validated);
         let path = |key: &str| format!("metadata.annotations[{key}]");
         for key in [annotations::WEBHOOK_SUCCESS, annotations::WEBHOOK_FAILURE] {
             self.url_field(
                 &path(key),
-                ann.get(key).map(String::as_str),
-                old_ann.as_ref().map(|a| a.get(key).map(String::as_str)),
+                ann.get(key).copied(),
+                old_ann.as_ref().map(|a| a.get(key).copied()),
             );
         }
         let has_url = [annotations::WEBHOOK_SUCCESS, annotations::WEBHOOK_FAILURE]
