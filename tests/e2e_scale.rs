@@ -1,12 +1,14 @@
 //! 300 VolumeBackups created at once all converge: CronJobs present (with the notifier), Ready
 //! True. The time it takes is printed; BENCHMARKS.md records it (tools/bench runs this test).
+//! Then every one of them is reconciled again, and the apiserver's own request counter shows
+//! that reconciles read Jobs from the controller's cache, not by a LIST each.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use backup_operator::crd::VolumeBackup;
-use common::cluster::{Mode, cluster};
+use common::cluster::{Mode, cluster, kubectl_ok};
 use common::fixtures;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -85,4 +87,52 @@ async fn three_hundred_volume_backups_converge() {
         created.as_secs_f64(),
         converged.as_secs_f64()
     );
+
+    // A reconcile of each: none may list the namespace's Jobs (which grows with the number of
+    // backups there), beyond a relist of the watch.
+    let reconciles = || fixtures::metric(c.operator.admin, "backup_operator_reconciles_total");
+    let (reconciled, listed) = (reconciles().await, apiserver_requests(c.cp, "jobs", "LIST"));
+    kubectl_ok(
+        c.cp,
+        &["annotate", "volumebackups", "--all", "-n", &ns, "poke=1"],
+    );
+    wait_for(
+        "a reconcile of every poked VolumeBackup",
+        Duration::from_secs(120),
+        || async {
+            let now = reconciles().await;
+            anyhow::ensure!(
+                now >= reconciled + COUNT as f64,
+                "{} reconciles",
+                now - reconciled
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let lists = apiserver_requests(c.cp, "jobs", "LIST") - listed;
+    assert!(
+        lists <= 2.0,
+        "{lists} LISTs of Jobs during {COUNT} reconciles"
+    );
+}
+
+/// The apiserver's count of `verb` requests on `resource`, all clients and codes together.
+fn apiserver_requests(
+    cp: &testkit::control_plane::ControlPlane,
+    resource: &str,
+    verb: &str,
+) -> f64 {
+    let (resource, verb) = (
+        format!("resource=\"{resource}\""),
+        format!("verb=\"{verb}\""),
+    );
+    kubectl_ok(cp, &["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{") && l.contains(&resource) && l.contains(&verb)
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }

@@ -15,8 +15,8 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use crate::cert_rotation::RotationConfig;
@@ -30,8 +30,9 @@ use reconcile::{Context, Reconciled};
 pub struct ControllerArgs {
     #[command(flatten)]
     pub jobs: JobArgs,
-    /// Reconciles that may run at once, per kind. Bounds the API calls (each reconcile lists
-    /// the resource's Jobs) after a leader change or when many schedules fire together.
+    /// Reconciles that may run at once, per kind. Bounds the API calls (each reconcile reads
+    /// the CronJob and what the backup depends on, and may apply the CronJob and its status)
+    /// after a leader change or when many schedules fire together.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub reconcile_concurrency: u16,
     /// Namespace of the leader-election Lease (the operator's own).
@@ -91,19 +92,23 @@ pub async fn run(
     let leases = Api::namespaced(client.clone(), &args.lease_namespace);
     let election = tokio::spawn(leader::run(leases, cfg, lead_tx, stop.clone()));
     let concurrency = args.reconcile_concurrency;
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "backup-operator".into(),
-                instance: Some(identity),
-            },
-        ),
-        client,
-        job_args: args.jobs,
-        injector,
-        metrics: metrics.clone(),
-    });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "backup-operator".into(),
+            instance: Some(identity),
+        },
+    );
+    let context = |jobs: Store<Job>| {
+        Arc::new(Context {
+            recorder: recorder.clone(),
+            client: client.clone(),
+            job_args: args.jobs.clone(),
+            injector: injector.clone(),
+            metrics: metrics.clone(),
+            jobs,
+        })
+    };
     let mut stop_wait = stop.clone();
     loop {
         tokio::select! {
@@ -121,9 +126,12 @@ pub async fn run(
             }
         };
         let done = futures::future::FutureExt::shared(done);
-        let vb = controller::<VolumeBackup>(ctx.clone(), concurrency, done.clone());
-        let s3 = controller::<S3Backup>(ctx.clone(), concurrency, done.clone());
-        let certs = rotate_certificates(ctx.client.clone(), rotation.clone(), done.clone());
+        // Each term starts from fresh caches: a follower's would be stale.
+        let (vb_jobs, vb_writer) = reflector::store();
+        let (s3_jobs, s3_writer) = reflector::store();
+        let vb = controller::<VolumeBackup>(context(vb_jobs), vb_writer, concurrency, done.clone());
+        let s3 = controller::<S3Backup>(context(s3_jobs), s3_writer, concurrency, done.clone());
+        let certs = rotate_certificates(client.clone(), rotation.clone(), done.clone());
         tokio::join!(vb, s3, certs);
         metrics.leader.set(0);
         // Only the leader's per-backup series are current; a follower that kept exporting its
@@ -139,6 +147,7 @@ pub async fn run(
 
 async fn controller<K>(
     ctx: Arc<Context>,
+    jobs: Writer<Job>,
     concurrency: u16,
     done: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) where
@@ -147,9 +156,16 @@ async fn controller<K>(
     let client = ctx.client.clone();
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::OWNER_KIND, K::KIND.as_str()));
+    // The Jobs are cached as well as watched, so a reconcile reads its Jobs from memory instead
+    // of listing every Job of its kind in the namespace (quadratic with many backups there).
+    let job_events = watcher(Api::<Job>::all(client.clone()), owned.clone())
+        .modify(reconcile::slim_job)
+        .default_backoff()
+        .reflect(jobs)
+        .touched_objects();
     let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<CronJob>::all(client.clone()), owned.clone())
-        .watches(Api::<Job>::all(client), owned, |job: Job| {
+        .owns(Api::<CronJob>::all(client), owned)
+        .watches_stream(job_events, |job: Job| {
             let name = job.annotations().get(labels::OWNER_NAME)?.clone();
             Some(ObjectRef::<K>::new(&name).within(&job.namespace()?))
         })

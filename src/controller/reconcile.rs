@@ -5,6 +5,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
@@ -12,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,6 +35,15 @@ pub struct Context {
     pub injector: InjectorConfig,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// This kind's Jobs (label `owner-kind`), kept by the controller's Job watch.
+    pub jobs: Store<Job>,
+}
+
+/// What the Job cache keeps of a Job: the metadata that maps it to its backup and the status
+/// the backup's status is made of. The pod template and managedFields are most of a Job.
+pub fn slim_job(job: &mut Job) {
+    job.spec = None;
+    job.metadata.managed_fields = None;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,15 +333,8 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
 
     // Jobs: the later of what the status already says and what the Jobs still show (history
     // limits delete old Jobs).
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned = jobs
-        .list(&ListParams::default().labels(&format!("{}={kind}", labels::OWNER_KIND)))
-        .await
-        .map_err(kube_err(format!("listing Jobs in {ns}")))?
-        .items
-        .into_iter()
-        .filter(|j| j.annotations().get(labels::OWNER_NAME) == Some(&name));
-    let finished: Vec<_> = owned.filter_map(|j| status::finished(&j)).collect();
+    let owned = owned_jobs(ctx, kind, &ns, &name).await?;
+    let finished: Vec<_> = owned.iter().filter_map(|j| status::finished(j)).collect();
     let newest_ok = finished.iter().filter(|f| f.succeeded).map(|f| f.at).max();
     let newest_failed = finished
         .iter()
@@ -449,6 +453,38 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     } else {
         Action::requeue(Duration::from_secs(300))
     })
+}
+
+/// The backup's Jobs, from the cache once its first list is in; until then (the first
+/// reconciles of a leadership term) by a LIST, so a status never misses a Job.
+async fn owned_jobs(
+    ctx: &Context,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<Arc<Job>>, Error> {
+    let ours = |j: &Job| {
+        j.metadata.namespace.as_deref() == Some(ns)
+            && j.annotations().get(labels::OWNER_NAME).map(String::as_str) == Some(name)
+    };
+    if ctx
+        .jobs
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+    {
+        return Ok(ctx.jobs.state_filter(ours));
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(jobs
+        .list(&ListParams::default().labels(&format!("{}={kind}", labels::OWNER_KIND)))
+        .await
+        .map_err(kube_err(format!("listing Jobs in {ns}")))?
+        .items
+        .into_iter()
+        .filter(|j| ours(j))
+        .map(Arc::new)
+        .collect())
 }
 
 pub fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
