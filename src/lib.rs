@@ -17,6 +17,7 @@ pub mod json_view;
 pub mod logging;
 pub mod metrics;
 pub mod notifier;
+pub mod quantity;
 pub mod schedule;
 pub mod serve;
 pub mod tls;

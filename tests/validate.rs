@@ -257,3 +257,39 @@ fn labelled_cron_jobs_have_their_annotations_checked() {
     let (denials, _) = verdict(cj(json!({}), bad), &UrlPolicy::default());
     assert!(denials.is_empty(), "unlabelled CronJobs are not ours");
 }
+
+#[test]
+fn requests_and_limits_must_be_quantities_the_apiserver_takes() {
+    let mut obj = volume_backup(None, None);
+    obj["spec"]["resources"] = json!({
+        "requests": {"memory": "16MB", "cpu": "0.5"},
+        "limits": {"memory": "-1Gi", "ephemeral-storage": "1.5Gi"},
+    });
+    let (denials, _) = verdict(vb(obj.clone()), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "spec.resources.requests[memory]: \"16MB\" is not a quantity: unknown suffix \"MB\" (binary Ki, Mi, Gi, Ti, Pi, Ei; decimal n, u, m, k, M, G, T, P, E; or an exponent such as e3)",
+            "spec.resources.limits[memory]: \"-1Gi\" is negative; requests and limits are at least 0",
+        ]
+    );
+
+    // A bad value stored before this check existed does not block other edits.
+    let mut new = obj.clone();
+    new["spec"]["schedule"] = json!("0 4 * * *");
+    let (denials, warnings) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "VolumeBackup",
+            "UPDATE",
+            new,
+            Some(obj),
+        ),
+        &UrlPolicy::default(),
+    );
+    assert!(denials.is_empty(), "{denials:?}");
+    assert_eq!(
+        warnings[0],
+        "spec.resources.requests[memory]: \"16MB\" is not a quantity: unknown suffix \"MB\" (binary Ki, Mi, Gi, Ti, Pi, Ei; decimal n, u, m, k, M, G, T, P, E; or an exponent such as e3) (kept because it did not change)"
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::core::admission::Operation;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -136,6 +137,7 @@ pub fn validate(req: &ValidateRequest, policy: &UrlPolicy) -> Verdict {
                     "spec.source.endpoint",
                     Some(&new.source.endpoint),
                     old.as_ref().map(|o| Some(o.source.endpoint.as_str())),
+                    None,
                     |c, e| c.endpoint(e),
                 );
                 v.common(&new.common, old.as_ref().map(|o| &o.common));
@@ -209,12 +211,14 @@ impl Checker<'_> {
 
     /// Runs `check` on a field. On UPDATE, a value that did not change is ratcheted: its failure
     /// becomes a warning, so tightening the policy never blocks unrelated edits (or deletion).
-    /// `old` is `None` on CREATE and `Some(previous value)` on UPDATE.
+    /// `old` is `None` on CREATE and `Some(previous value)` on UPDATE; `kept` says what a kept
+    /// bad value leads to, where that is more than nothing.
     fn check(
         &mut self,
         field: &str,
         new: Option<&str>,
         old: Option<Option<&str>>,
+        kept: Option<&str>,
         check: impl FnOnce(&Self, &str) -> Result<Vec<String>, (String, &'static str)>,
     ) {
         let Some(value) = new else {
@@ -225,9 +229,12 @@ impl Checker<'_> {
                 .verdict
                 .warnings
                 .extend(warnings.into_iter().map(|w| format!("{field}: {w}"))),
-            Err((reason, _)) if old == Some(Some(value)) => self.verdict.warnings.push(format!(
-                "{field}: {reason} (kept because it did not change; notifications to it are refused at send time)"
-            )),
+            Err((reason, _)) if old == Some(Some(value)) => {
+                let kept = kept.map(|k| format!("; {k}")).unwrap_or_default();
+                self.verdict.warnings.push(format!(
+                    "{field}: {reason} (kept because it did not change{kept})"
+                ));
+            }
             Err((reason, class)) => self.deny(field, reason, class),
         }
     }
@@ -237,7 +244,13 @@ impl Checker<'_> {
         fn present(v: Option<&str>) -> Option<&str> {
             v.filter(|s| !s.is_empty())
         }
-        self.check(field, present(new), old.map(present), |c, u| c.url(u));
+        self.check(
+            field,
+            present(new),
+            old.map(present),
+            Some("notifications to it are refused at send time"),
+            |c, u| c.url(u),
+        );
     }
 
     fn url(&self, raw: &str) -> Result<Vec<String>, (String, &'static str)> {
@@ -265,7 +278,40 @@ impl Checker<'_> {
         Ok(checked)
     }
 
+    /// Requests and limits: the apiserver would refuse the CronJob, and the backups with it,
+    /// long after the resource was accepted.
+    fn resources(&mut self, new: &CommonSpec, old: Option<&CommonSpec>) {
+        type List<'a> = Option<&'a BTreeMap<String, Quantity>>;
+        fn lists(c: &CommonSpec) -> [(&'static str, List<'_>); 2] {
+            let r = c.resources.as_ref();
+            [
+                ("requests", r.and_then(|r| r.requests.as_ref())),
+                ("limits", r.and_then(|r| r.limits.as_ref())),
+            ]
+        }
+        let old_lists = old.map(lists);
+        for (i, (list, values)) in lists(new).into_iter().enumerate() {
+            for (name, value) in values.into_iter().flatten() {
+                let previous = old_lists
+                    .as_ref()
+                    .map(|o| o[i].1.and_then(|l| l.get(name)).map(|q| q.0.as_str()));
+                self.check(
+                    &format!("spec.resources.{list}[{name}]"),
+                    Some(&value.0),
+                    previous,
+                    None,
+                    |_, q| {
+                        crate::quantity::resource(q)
+                            .map(|_| vec![])
+                            .map_err(|e| (e, "quantity"))
+                    },
+                );
+            }
+        }
+    }
+
     fn common(&mut self, new: &CommonSpec, old: Option<&CommonSpec>) {
+        self.resources(new, old);
         let hooks = |c: &CommonSpec| c.webhooks.clone().unwrap_or_default();
         let (new_hooks, old_hooks) = (hooks(new), old.map(hooks));
         self.url_field(
@@ -282,6 +328,7 @@ impl Checker<'_> {
             "spec.schedule",
             Some(&new.schedule),
             old.map(|o| Some(o.schedule.as_str())),
+            None,
             |_, s| {
                 check_schedule(s)
                     .map(|()| vec![])
@@ -292,6 +339,7 @@ impl Checker<'_> {
             "spec.timeZone",
             new.time_zone.as_deref(),
             old.map(|o| o.time_zone.as_deref()),
+            None,
             |_, tz| {
                 check_time_zone(tz)
                     .map(|()| vec![])

@@ -345,7 +345,11 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
             .credentials_secret_ref
             .as_ref()
             .map(|s| vec![secret_env(&s.name)]),
-        resources: spec.resources.clone(),
+        // As the apiserver stores them, so the stored CronJob compares equal to this one.
+        resources: spec
+            .resources
+            .as_ref()
+            .map(crate::quantity::canonical_resources),
         volume_mounts: Some(vec![
             source_mount,
             mount("restic-cache", "/restic-cache", false),

@@ -90,14 +90,15 @@ pub struct InjectorArgs {
     /// fit it.
     #[arg(long, default_value = "10s", value_parser = parse_notifier_timeout)]
     pub notifier_timeout: Duration,
-    /// CPU request of the injected containers.
-    #[arg(long, default_value = "10m")]
+    /// CPU request of the injected containers. The three resource flags are refused at start-up
+    /// when the apiserver would refuse them, and kept as it stores them ("1024Mi" as "1Gi").
+    #[arg(long, default_value = "10m", value_parser = crate::quantity::resource)]
     pub notifier_cpu_request: String,
     /// Memory request of the injected containers.
-    #[arg(long, default_value = "16Mi")]
+    #[arg(long, default_value = "16Mi", value_parser = crate::quantity::resource)]
     pub notifier_memory_request: String,
     /// Memory limit of the injected containers.
-    #[arg(long, default_value = "64Mi")]
+    #[arg(long, default_value = "64Mi", value_parser = crate::quantity::resource)]
     pub notifier_memory_limit: String,
     /// ConfigMap, in each backup's own namespace, with extra CA certificates (PEM) the notifier
     /// trusts besides the bundled public roots: for relays whose certificate a private CA signed.
@@ -688,5 +689,44 @@ mod tests {
             let e = parse_config_map_key(bad).unwrap_err();
             assert!(e.contains("is not a ConfigMap key"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_resource_flags_are_kept_as_the_apiserver_stores_them() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            injector: InjectorArgs,
+        }
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "x",
+            "--notifier-cpu-request",
+            "0.01",
+            "--notifier-memory-request",
+            "16384Ki",
+            "--notifier-memory-limit",
+            "0.0625Gi",
+        ])
+        .unwrap();
+        let i = cli.injector;
+        assert_eq!(
+            [
+                i.notifier_cpu_request,
+                i.notifier_memory_request,
+                i.notifier_memory_limit
+            ],
+            ["10m", "16Mi", "64Mi"]
+        );
+        let e = Cli::try_parse_from(["x", "--notifier-memory-limit", "64MB"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.lines().next().unwrap_or_default().contains(
+                "invalid value '64MB' for '--notifier-memory-limit <NOTIFIER_MEMORY_LIMIT>': \"64MB\" is not a quantity: unknown suffix \"MB\""
+            ),
+            "{e}"
+        );
     }
 }
