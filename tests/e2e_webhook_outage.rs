@@ -1,7 +1,8 @@
 //! The mutating webhook fails open. When it is unavailable while the controller writes a
 //! CronJob, the notifier is missing; `NotifierInjected` must say so (not silently lose
 //! notifications), and the condition must heal once the webhook is back; a reconcile with nothing
-//! to change (even one whose quantities the apiserver rewrote) must not strip a correct CronJob
+//! to change (even one whose quantities the apiserver rewrote, or whose empty fields it dropped)
+//! must not strip a correct CronJob
 //! meanwhile. Its own test binary: it unregisters the webhook of its control plane for a while.
 
 mod common;
@@ -32,6 +33,9 @@ spec:
   # Spellings the apiserver stores differently ("1Gi", "500m", "1536Mi"): the controller must
   # still see that the stored CronJob is what it would apply.
   resources: {{requests: {{memory: 1024Mi, cpu: "0.5"}}, limits: {{memory: 1.5Gi}}}}
+  # Empty, which the apiserver does not store at all.
+  nodeSelector: {{}}
+  tolerations: []
 "#
     )
 }

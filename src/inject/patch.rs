@@ -127,16 +127,30 @@ fn index(token: &str) -> Option<usize> {
 }
 
 /// Whether `have` holds everything `want` says: objects may carry extra keys (defaults), arrays
-/// must match element by element, scalars must be equal.
+/// must match element by element, scalars must be equal. An empty list, map or string in `want`
+/// may be absent from `have`: the apiserver does not store them (`tolerations: []`,
+/// `nodeSelector: {}`, an env var's `value: ""`). `false` and `0` must be there: on a pointer
+/// field their absence means something else.
 pub fn contains(have: &Value, want: &Value) -> bool {
     match (have, want) {
-        (Value::Object(h), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv))),
+        (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
+            Some(hv) => contains(hv, wv),
+            None => is_empty(wv),
+        }),
         (Value::Array(h), Value::Array(w)) => {
             h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv))
         }
         _ => have == want,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
     }
 }
 
@@ -242,5 +256,11 @@ mod tests {
             &json!({"name": "n", "env": [{"name": "A", "value": "2"}]})
         ));
         assert!(!contains(&stored, &json!({"env": []})));
+        assert!(contains(
+            &stored,
+            &json!({"name": "n", "args": [], "nodeSelector": {}, "workingDir": ""})
+        ));
+        assert!(!contains(&stored, &json!({"args": [""]})));
+        assert!(!contains(&stored, &json!({"stdin": false})));
     }
 }
