@@ -2,8 +2,8 @@
 //! CronJob, the notifier is missing; `NotifierInjected` must say so (not silently lose
 //! notifications), and the condition must heal once the webhook is back; a reconcile with nothing
 //! to change (even one whose quantities the apiserver rewrote, or whose empty fields it dropped)
-//! must not strip a correct CronJob
-//! meanwhile. Its own test binary: it unregisters the webhook of its control plane for a while.
+//! must not strip a correct CronJob meanwhile. Its own test binary: it unregisters the webhook
+//! of its control plane for a while.
 
 mod common;
 
