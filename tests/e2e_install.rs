@@ -286,5 +286,73 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
         "RBAC denied something:\n{}",
         op.log()
     );
+
+    // The Secrets rule is optional: without it a backup still becomes Ready, and the condition
+    // says which Secret was not checked.
+    kubectl_ok(
+        cp,
+        &[
+            "patch",
+            "clusterrole",
+            "backup-operator",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/rules/8/resources","value":["secrets"]},{"op":"remove","path":"/rules/8"}]"#,
+        ],
+    );
+    let weekly =
+        manifest("https://hooks.example.com/fail").replace("name: nightly", "name: weekly");
+    // RBAC changes reach the authorizer asynchronously: until the Secret is refused, "weekly"
+    // may become Ready with it checked, so the message is awaited rather than read once.
+    let out = kubectl_stdin(cp, &["apply", "-f", "-"], &weekly);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "Ready without reading the Secret",
+        Duration::from_secs(90),
+        || async {
+            let vb = vbs.get("weekly").await?;
+            let ready = vb
+                .status
+                .map(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Ready");
+            match ready {
+                Some(c)
+                    if c.status == "True" && c.message.contains("Secret restic not checked") =>
+                {
+                    Ok(())
+                }
+                other => {
+                    // Any change to the object is a new reconcile.
+                    kubectl_ok(
+                        cp,
+                        &[
+                            "annotate",
+                            "--overwrite",
+                            "volumebackup",
+                            "weekly",
+                            "-n",
+                            ns.name(),
+                            &format!(
+                                "poke={}",
+                                std::time::SystemTime::UNIX_EPOCH
+                                    .elapsed()
+                                    .unwrap_or_default()
+                                    .as_nanos()
+                            ),
+                        ],
+                    );
+                    anyhow::bail!("Ready is {other:?}")
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
     let _ = OPERATOR;
 }

@@ -147,14 +147,27 @@ fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfi
         .is_some_and(|expected| inject::patch::contains(&stored, &expected))
 }
 
-/// The first missing dependency as a `Ready=False` observation.
-async fn missing_dependency(
+/// What the dependency checks found.
+#[derive(Default)]
+struct Dependencies {
+    /// The first missing dependency as a `Ready=False` observation.
+    missing: Option<Observed>,
+    /// Secrets the operator may not read, so their existence and keys were not checked. The
+    /// `secrets` rule of the ClusterRole is the only cluster-wide read of Secrets; a platform
+    /// that forbids it may remove it, and loses only these checks.
+    unchecked: Vec<String>,
+}
+
+async fn check_dependencies(
     client: &kube::Client,
     ns: &str,
     deps: &[Dependency],
-) -> Result<Option<Observed>, Error> {
+) -> Result<Dependencies, Error> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut found = Dependencies::default();
+    let missing =
+        |reason: &str, message: String| Some(Observed::new(status::READY, false, reason, message));
     for dep in deps {
         match dep {
             Dependency::VolumeClaim(name) => {
@@ -166,26 +179,29 @@ async fn missing_dependency(
                     )))?
                     .is_none()
                 {
-                    return Ok(Some(Observed::new(
-                        status::READY,
-                        false,
+                    found.missing = missing(
                         "VolumeClaimNotFound",
                         format!("PersistentVolumeClaim {name} does not exist in namespace {ns}"),
-                    )));
+                    );
+                    return Ok(found);
                 }
             }
             Dependency::Secret { name, key } => {
-                let secret = secrets
-                    .get_opt(name)
-                    .await
-                    .map_err(kube_err(format!("reading Secret {ns}/{name}")))?;
+                let secret = match secrets.get_opt(name).await {
+                    Ok(secret) => secret,
+                    Err(kube::Error::Api(e)) if e.code == 403 => {
+                        tracing::debug!(%ns, %name, "may not read the Secret; not checked");
+                        found.unchecked.push(name.clone());
+                        continue;
+                    }
+                    Err(e) => return Err(kube_err(format!("reading Secret {ns}/{name}"))(e)),
+                };
                 let Some(secret) = secret else {
-                    return Ok(Some(Observed::new(
-                        status::READY,
-                        false,
+                    found.missing = missing(
                         "SecretNotFound",
                         format!("Secret {name} does not exist in namespace {ns}"),
-                    )));
+                    );
+                    return Ok(found);
                 };
                 if let Some(key) = key {
                     let has = secret.data.as_ref().is_some_and(|d| d.contains_key(key))
@@ -194,18 +210,17 @@ async fn missing_dependency(
                             .as_ref()
                             .is_some_and(|d| d.contains_key(key));
                     if !has {
-                        return Ok(Some(Observed::new(
-                            status::READY,
-                            false,
+                        found.missing = missing(
                             "SecretKeyNotFound",
                             format!("Secret {name} has no key {key}"),
-                        )));
+                        );
+                        return Ok(found);
                     }
                 }
             }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -288,17 +303,24 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         Some(stored)
     };
 
-    let missing = missing_dependency(&ctx.client, &ns, &obj.dependencies()).await?;
-    let waiting = missing.is_some() || conflict;
-    if let Some(m) = missing {
+    let deps = check_dependencies(&ctx.client, &ns, &obj.dependencies()).await?;
+    let waiting = deps.missing.is_some() || conflict;
+    if let Some(m) = deps.missing {
         observed.push(m);
     } else if !conflict {
+        let unchecked = match deps.unchecked.as_slice() {
+            [] => String::new(),
+            names => format!(
+                "; Secret {} not checked: the operator may not read Secrets in namespace {ns}",
+                names.join(", ")
+            ),
+        };
         observed.push(Observed::new(
             status::READY,
             true,
             "CronJobReady",
             format!(
-                "CronJob {cj_name} runs on schedule {:?}",
+                "CronJob {cj_name} runs on schedule {:?}{unchecked}",
                 obj.common().schedule
             ),
         ));
