@@ -22,7 +22,7 @@ pub mod annotations {
     /// The annotations `/validate` checks on a labelled CronJob, and the only ones it reads: the
     /// validating webhook's `matchConditions` send an UPDATE only when one of them (or the
     /// label) changes.
-    pub const VALIDATED: [&str; 5] = [
+    pub const VALIDATED_KEYS: [&str; 5] = [
         WEBHOOK_SUCCESS,
         WEBHOOK_FAILURE,
         NOTIFY_KIND,

@@ -5,8 +5,9 @@
 //! reconcile); the injector's flags and `/validate` reject what is no quantity.
 //!
 //! Values are held exactly as nano-units in an `i128`, the precision the apiserver's decoder
-//! keeps (it rounds finer values up). Magnitudes beyond 2^63-1 units, which the apiserver
-//! documents as out of range, are refused.
+//! keeps (it rounds finer values up). Magnitudes beyond 2^63-1 units are refused here: the
+//! apiserver caps binary ones there and keeps larger decimal ones, and no request or limit
+//! needs either. So are spellings it reads as zero although they hold no digit ("Mi", ".").
 
 use std::fmt;
 
@@ -50,6 +51,11 @@ impl Quantity {
         self.nanos < 0
     }
 
+    /// Whether this value is larger than `other`'s, whatever their suffixes.
+    pub fn exceeds(&self, other: &Quantity) -> bool {
+        self.nanos > other.nanos
+    }
+
     /// What the apiserver's defaulting makes of a value in a resource list (requests, limits,
     /// quotas): rounded up, away from zero, to a whole milli-unit.
     pub fn in_resource_list(self) -> Self {
@@ -62,8 +68,9 @@ impl Quantity {
     }
 }
 
-/// Parses `<sign><digits>[.<digits>]<suffix>` as the apiserver does; the error says what is
-/// wrong in a phrase that follows "is not a quantity: ".
+/// Parses `<sign><digits>[.<digits>]<suffix>` as the apiserver does (but see the module's
+/// notes on what is refused here); the error says what is wrong in a phrase that follows
+/// "is not a quantity: ".
 pub fn parse(s: &str) -> Result<Quantity, String> {
     let (negative, rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
@@ -82,14 +89,20 @@ pub fn parse(s: &str) -> Result<Quantity, String> {
     if whole.is_empty() && fraction.is_empty() {
         return Err("no number (expected digits, then an optional suffix such as Mi or m)".into());
     }
+    // Zeros that carry no value do not count against the precision an i128 holds.
+    let (whole, fraction) = (
+        whole.trim_start_matches('0'),
+        fraction.trim_end_matches('0'),
+    );
     let digits = whole.len() + fraction.len();
     if digits > 30 {
-        return Err(format!("{digits} digits; out of range"));
+        return Err(format!("{digits} significant digits; out of range"));
     }
     let (base, exponent, format) = suffix_of(suffix)?;
-    let mantissa: i128 = format!("{whole}{fraction}")
-        .parse()
-        .map_err(|_| "no number".to_owned())?;
+    let mantissa: i128 = match format!("{whole}{fraction}") {
+        zero if zero.is_empty() => 0,
+        digits => digits.parse().map_err(|_| "no number".to_owned())?,
+    };
     // nanos = mantissa * 10^(9 - fraction digits) * base^exponent, rounded up to a whole nano.
     let mut tens = 9 - i32::try_from(fraction.len()).unwrap_or(i32::MAX);
     let mut nanos = mantissa;
@@ -108,10 +121,7 @@ pub fn parse(s: &str) -> Result<Quantity, String> {
         nanos = nanos.checked_mul(factor).ok_or_else(out_of_range)?;
     } else {
         // Finer than a nano-unit: rounded up, as the apiserver does.
-        nanos = match u32::try_from(-tens)
-            .ok()
-            .and_then(|t| 10i128.checked_pow(t))
-        {
+        nanos = match 10i128.checked_pow(tens.unsigned_abs()) {
             Some(divisor) => nanos / divisor + i128::from(nanos % divisor != 0),
             None => i128::from(nanos != 0),
         };
@@ -222,7 +232,8 @@ pub fn canonical_resources(
 ) -> k8s_openapi::api::core::v1::ResourceRequirements {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Stored;
     let list = |l: &Option<std::collections::BTreeMap<String, Stored>>| {
-        l.as_ref().map(|l| {
+        // An empty list is not stored either.
+        l.as_ref().filter(|l| !l.is_empty()).map(|l| {
             l.iter()
                 .map(|(name, q)| {
                     (
@@ -270,6 +281,10 @@ mod tests {
             ("1.5n", "1m"),
             ("-0.1m", "-1m"),
             ("1e-12", "1e-3"),
+            ("0001.5000", "1500m"),
+            ("1.000000000000000000000000000000Ei", "1Ei"),
+            ("0.0", "0"),
+            ("0.0000000001e-2147483648", "1e-3"),
         ] {
             assert_eq!(canonical(written).as_deref(), Ok(stored), "{written}");
         }

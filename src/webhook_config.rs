@@ -130,6 +130,20 @@ fn custom_resource_spec_changed() -> MatchCondition {
     )
 }
 
+/// `/validate` checks a CronJob only while it carries the notify label with value "true", so
+/// opting out (removing the label, or setting it to anything else) is never sent: it would be
+/// allowed. The objectSelector alone sends it, as it matches the old object too.
+fn cron_job_labelled() -> MatchCondition {
+    let label = contract::NOTIFY_LABEL;
+    condition(
+        "labelled",
+        format!(
+            "has(object.metadata.labels) && '{label}' in object.metadata.labels \
+             && object.metadata.labels['{label}'] == 'true'"
+        ),
+    )
+}
+
 /// The CronJob counterpart: `/validate` reads the notify label and the notification
 /// annotations, so only an UPDATE that adds, removes or changes one of them is sent.
 fn cron_job_notification_changed() -> MatchCondition {
@@ -152,7 +166,7 @@ fn cron_job_notification_changed() -> MatchCondition {
         format!(
             "request.operation != 'UPDATE'\n|| {}\n|| {}",
             changed("labels", &[contract::NOTIFY_LABEL]),
-            changed("annotations", &contract::annotations::VALIDATED),
+            changed("annotations", &contract::annotations::VALIDATED_KEYS),
         ),
     )
 }
@@ -162,7 +176,7 @@ fn cron_job_notification_changed() -> MatchCondition {
 /// cannot be a denial, so that an outage blocks only what it must: creates and changes of what
 /// is checked.
 pub fn validating(s: &WebhookSettings) -> ValidatingWebhookConfiguration {
-    let common = |name: &str, rules, object_selector, changed| ValidatingWebhook {
+    let common = |name: &str, rules, object_selector, conditions: Vec<_>| ValidatingWebhook {
         name: name.to_owned(),
         admission_review_versions: vec!["v1".into()],
         side_effects: "None".into(),
@@ -173,7 +187,7 @@ pub fn validating(s: &WebhookSettings) -> ValidatingWebhookConfiguration {
         namespace_selector: s.namespace_selector(),
         object_selector,
         rules: Some(rules),
-        match_conditions: Some(vec![not_being_deleted(), changed]),
+        match_conditions: Some([vec![not_being_deleted()], conditions].concat()),
     };
     ValidatingWebhookConfiguration {
         metadata: meta(),
@@ -182,13 +196,13 @@ pub fn validating(s: &WebhookSettings) -> ValidatingWebhookConfiguration {
                 "backups.validate.backups.k8s.bnerd.com",
                 vec![rule(contract::GROUP, &["volumebackups", "s3backups"])],
                 None,
-                custom_resource_spec_changed(),
+                vec![custom_resource_spec_changed()],
             ),
             common(
                 "cronjobs.validate.backups.k8s.bnerd.com",
                 vec![rule("batch", &["cronjobs"])],
                 notify_label_selector(),
-                cron_job_notification_changed(),
+                vec![cron_job_labelled(), cron_job_notification_changed()],
             ),
         ]),
     }

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use backup_operator::controller::job_template;
 use backup_operator::crd::VolumeBackup;
 use common::cluster::{Mode, cluster, kubectl_stdin, wait_for_event};
 use common::fixtures;
@@ -53,15 +54,7 @@ fn apply(cp: &testkit::control_plane::ControlPlane, yaml: &str) {
 }
 
 fn notifier_env(cj: &CronJob, var: &str) -> Option<String> {
-    let pod = cj
-        .spec
-        .as_ref()?
-        .job_template
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?;
+    let pod = job_template::pod_spec(cj)?;
     let notifiers: Vec<_> = pod
         .init_containers
         .iter()
@@ -303,4 +296,63 @@ async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
     })
     .await
     .unwrap();
+}
+
+/// The backup container's value of `var` in the stored CronJob.
+fn backup_env(cj: &CronJob, var: &str) -> Option<String> {
+    let pod = job_template::pod_spec(cj)?;
+    let backup = pod.containers.iter().find(|c| c.name == "backup")?;
+    backup
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == var)?
+        .value
+        .clone()
+}
+
+#[tokio::test]
+async fn backups_sharing_a_repository_get_their_turn_to_initialise_it() {
+    let c = cluster(Mode::Full, &[]);
+    let client = c.cp.client().await;
+    let ns = c.cp.namespace("shared-repo").await;
+    let ns = ns.name();
+    prerequisites(&client, ns).await;
+    let backup = |name: &str, url: &str| {
+        format!(
+            r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  volumeClaimRef: {{name: my-data-pvc}}
+  schedule: "0 3 * * *"
+  repository: {{url: "{url}", passwordSecretRef: {{name: restic, key: password}}}}
+"#
+        )
+    };
+    // In creation order (names break ties within a second of creation).
+    apply(c.cp, &backup("a-first", "s3:https://s3.example.com/shared"));
+    apply(
+        c.cp,
+        &backup("b-second", "s3:https://s3.example.com/shared"),
+    );
+    apply(c.cp, &backup("c-alone", "s3:https://s3.example.com/other"));
+    apply(c.cp, &backup("d-third", "s3:https://s3.example.com/shared"));
+
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    for (name, delay) in [
+        ("a-first", None),
+        ("b-second", Some("20")),
+        ("c-alone", None),
+        ("d-third", Some("40")),
+    ] {
+        wait_for(&format!("{name}'s init delay"), WAIT, || async {
+            let cj = cjs.get(&format!("{name}-backup")).await?;
+            let got = backup_env(&cj, "BACKUP_INIT_DELAY");
+            anyhow::ensure!(got.as_deref() == delay, "{got:?}");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
 }

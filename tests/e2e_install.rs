@@ -354,5 +354,10 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     )
     .await
     .unwrap();
+    assert!(
+        op.log().contains("may not get Secrets in this namespace"),
+        "no warning about the refused Secret read:\n{}",
+        op.log()
+    );
     let _ = OPERATOR;
 }

@@ -262,8 +262,8 @@ fn labelled_cron_jobs_have_their_annotations_checked() {
 fn requests_and_limits_must_be_quantities_the_apiserver_takes() {
     let mut obj = volume_backup(None, None);
     obj["spec"]["resources"] = json!({
-        "requests": {"memory": "16MB", "cpu": "0.5"},
-        "limits": {"memory": "-1Gi", "ephemeral-storage": "1.5Gi"},
+        "requests": {"memory": "16MB", "cpu": "0.5", "ephemeral-storage": "1537Mi"},
+        "limits": {"memory": "-1Gi", "ephemeral-storage": "1.5Gi", "cpu": "500m"},
     });
     let (denials, _) = verdict(vb(obj.clone()), &UrlPolicy::default());
     assert_eq!(
@@ -271,6 +271,7 @@ fn requests_and_limits_must_be_quantities_the_apiserver_takes() {
         [
             "spec.resources.requests[memory]: \"16MB\" is not a quantity: unknown suffix \"MB\" (binary Ki, Mi, Gi, Ti, Pi, Ei; decimal n, u, m, k, M, G, T, P, E; or an exponent such as e3)",
             "spec.resources.limits[memory]: \"-1Gi\" is negative; requests and limits are at least 0",
+            "spec.resources.requests[ephemeral-storage]: \"1537Mi\" is more than its limit \"1.5Gi\" (spec.resources.limits[ephemeral-storage]); the apiserver would refuse the CronJob",
         ]
     );
 

@@ -211,14 +211,14 @@ impl Checker<'_> {
 
     /// Runs `check` on a field. On UPDATE, a value that did not change is ratcheted: its failure
     /// becomes a warning, so tightening the policy never blocks unrelated edits (or deletion).
-    /// `old` is `None` on CREATE and `Some(previous value)` on UPDATE; `kept` says what a kept
+    /// `old` is `None` on CREATE and `Some(previous value)` on UPDATE; `if_kept` says what a kept
     /// bad value leads to, where that is more than nothing.
     fn check(
         &mut self,
         field: &str,
         new: Option<&str>,
         old: Option<Option<&str>>,
-        kept: Option<&str>,
+        if_kept: Option<&str>,
         check: impl FnOnce(&Self, &str) -> Result<Vec<String>, (String, &'static str)>,
     ) {
         let Some(value) = new else {
@@ -229,14 +229,17 @@ impl Checker<'_> {
                 .verdict
                 .warnings
                 .extend(warnings.into_iter().map(|w| format!("{field}: {w}"))),
-            Err((reason, _)) if old == Some(Some(value)) => {
-                let kept = kept.map(|k| format!("; {k}")).unwrap_or_default();
-                self.verdict.warnings.push(format!(
-                    "{field}: {reason} (kept because it did not change{kept})"
-                ));
-            }
+            Err((reason, _)) if old == Some(Some(value)) => self.kept(field, &reason, if_kept),
             Err((reason, class)) => self.deny(field, reason, class),
         }
+    }
+
+    /// The warning that replaces a denial of a value that did not change.
+    fn kept(&mut self, field: &str, reason: &str, if_kept: Option<&str>) {
+        let consequence = if_kept.map(|k| format!("; {k}")).unwrap_or_default();
+        self.verdict.warnings.push(format!(
+            "{field}: {reason} (kept because it did not change{consequence})"
+        ));
     }
 
     /// Webhook URLs: an empty string means "not configured", like an absent field.
@@ -278,8 +281,9 @@ impl Checker<'_> {
         Ok(checked)
     }
 
-    /// Requests and limits: the apiserver would refuse the CronJob, and the backups with it,
-    /// long after the resource was accepted.
+    /// Requests and limits that are no quantities, negative, or a request above its limit: the
+    /// apiserver would refuse the CronJob, and the backups with it, long after the resource was
+    /// accepted.
     fn resources(&mut self, new: &CommonSpec, old: Option<&CommonSpec>) {
         type List<'a> = Option<&'a BTreeMap<String, Quantity>>;
         fn lists(c: &CommonSpec) -> [(&'static str, List<'_>); 2] {
@@ -306,6 +310,40 @@ impl Checker<'_> {
                             .map_err(|e| (e, "quantity"))
                     },
                 );
+            }
+        }
+        // A request above its limit: the apiserver refuses the whole pod template.
+        let [(_, requests), (_, limits)] = lists(new);
+        let old_pair = |name: &str| {
+            old_lists.as_ref().map(|[(_, r), (_, l)]| {
+                (
+                    r.and_then(|r| r.get(name)).map(|q| q.0.clone()),
+                    l.and_then(|l| l.get(name)).map(|q| q.0.clone()),
+                )
+            })
+        };
+        for (name, request) in requests.into_iter().flatten() {
+            let Some(limit) = limits.and_then(|l| l.get(name)) else {
+                continue;
+            };
+            let (Ok(r), Ok(l)) = (
+                crate::quantity::parse(&request.0),
+                crate::quantity::parse(&limit.0),
+            ) else {
+                continue;
+            };
+            if !r.in_resource_list().exceeds(&l.in_resource_list()) {
+                continue;
+            }
+            let field = format!("spec.resources.requests[{name}]");
+            let reason = format!(
+                "{:?} is more than its limit {:?} (spec.resources.limits[{name}]); the apiserver would refuse the CronJob",
+                request.0, limit.0
+            );
+            if old_pair(name) == Some((Some(request.0.clone()), Some(limit.0.clone()))) {
+                self.kept(&field, &reason, None);
+            } else {
+                self.deny(&field, reason, "quantity");
             }
         }
     }
@@ -357,11 +395,11 @@ impl Checker<'_> {
         if !labelled {
             return;
         }
-        // Only what `annotations::VALIDATED` names: the webhook configuration's matchConditions
+        // Only what `annotations::VALIDATED_KEYS` names: the webhook configuration's matchConditions
         // skip UPDATEs that change nothing else, so reading more here would go unchecked there.
         fn validated(m: &MetaView) -> BTreeMap<&'static str, &str> {
             let all = m.annotations.as_ref();
-            annotations::VALIDATED
+            annotations::VALIDATED_KEYS
                 .iter()
                 .filter_map(|k| Some((*k, all?.get(*k)?.as_str())))
                 .collect()

@@ -58,9 +58,24 @@ err=$(restic --no-lock cat config 2>&1 >/dev/null) || rc=$?
 if [ "$rc" -ne 0 ]; then
   printf '%s\n' "$err" >&2
   if [ "$rc" -eq 10 ] || { [ "$rc" -eq 1 ] && printf '%s\n' "$err" | grep -q 'Is there a repository at the following location'; }; then
-    echo "backup-operator: no repository at the configured URL; initialising one"
-    restic init
+    # Concurrent `restic init`s of one new repository each write their own key and config, and
+    # leave a repository that no key opens. Backups sharing a repository therefore get delays
+    # from the operator (BACKUP_INIT_DELAY, in creation order) and look again after theirs.
+    delay=${BACKUP_INIT_DELAY:-0}
+    if [ "$delay" -gt 0 ]; then
+      echo "backup-operator: no repository at the configured URL; other backups share it, so waiting ${delay}s before initialising it"
+      sleep "$delay"
+    fi
+    if [ "$delay" -gt 0 ] && restic --no-lock cat config >/dev/null 2>&1; then
+      echo "backup-operator: another backup initialised the repository meanwhile; using it"
+    else
+      echo "backup-operator: no repository at the configured URL; initialising one"
+      restic init
+    fi
   else
+    if printf '%s\n' "$err" | grep -q 'ciphertext verification failed'; then
+      echo "backup-operator: the repository's config does not open with the first key that matches the password, which is what runs initialising one new repository at once leave behind: keep the key with which 'restic --key-hint ID cat config' works and remove the others ('restic key remove ID')" >&2
+    fi
     exit "$rc"
   fi
 fi
@@ -234,6 +249,20 @@ pub fn cron_job_name(resource_name: &str) -> String {
     format!("{head}-{hash}-backup")
 }
 
+/// Time between the first runs of backups that share a repository, should it not exist yet: far
+/// more than a `restic init` takes, so each finds the repository its predecessor made.
+pub const INIT_SPACING: Duration = Duration::from_secs(20);
+/// The delays stop growing here (the 46th backup of one new repository and later ones share it).
+const MAX_INIT_DELAY: Duration = Duration::from_secs(15 * 60);
+
+/// The delay of the backup at `position` (0 = the oldest) among those writing to one repository.
+pub fn init_delay(position: usize) -> Duration {
+    u32::try_from(position)
+        .ok()
+        .and_then(|p| INIT_SPACING.checked_mul(p))
+        .map_or(MAX_INIT_DELAY, |d| d.min(MAX_INIT_DELAY))
+}
+
 fn forget_args(r: &Retention) -> String {
     [
         ("--keep-last", r.keep_last),
@@ -250,8 +279,10 @@ fn forget_args(r: &Retention) -> String {
 }
 
 /// The CronJob for `r`, ready for server-side apply, with its [`labels::TEMPLATE_HASH`].
-pub fn cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
-    let mut cj = unhashed_cron_job(r, args);
+/// `init_delay`: how long its backups wait before initialising a repository that does not exist
+/// yet (see [`init_delay`]).
+pub fn cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duration) -> CronJob {
+    let mut cj = unhashed_cron_job(r, args, init_delay);
     // k8s-openapi serialises fields in a fixed order and maps sorted, so equal objects hash
     // equal. Should the digest of an unchanged object change with a new version, the cost is one
     // re-apply.
@@ -263,7 +294,7 @@ pub fn cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
     cj
 }
 
-fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
+fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duration) -> CronJob {
     let meta = r.meta();
     let name = meta.name.clone().unwrap_or_default();
     let namespace = namespace_of(r);
@@ -326,6 +357,12 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
             &format!("{}={namespace}/{name}", K::KIND.as_str()),
         ),
     ];
+    if !init_delay.is_zero() {
+        env.push(env_value(
+            "BACKUP_INIT_DELAY",
+            &init_delay.as_secs().to_string(),
+        ));
+    }
     if let Some(retention) = &spec.retention {
         let forget = forget_args(retention);
         if !forget.is_empty() {
@@ -396,7 +433,8 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs) -> CronJob {
                                 .then_some(init_containers),
                             containers: vec![backup],
                             volumes: Some(volumes),
-                            node_selector: spec.node_selector.clone(),
+                            // An empty map is not stored; applying one would never match.
+                            node_selector: spec.node_selector.clone().filter(|m| !m.is_empty()),
                             tolerations: spec.tolerations.clone(),
                             affinity: spec.affinity.clone(),
                             ..Default::default()
@@ -421,6 +459,18 @@ fn owner_reference<K: Resource<DynamicType = ()>>(r: &K) -> OwnerReference {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// The pod spec of a CronJob's Jobs.
+pub fn pod_spec(cj: &CronJob) -> Option<&PodSpec> {
+    cj.spec
+        .as_ref()?
+        .job_template
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()
 }
 
 /// `--backup-deadline` in whole seconds (rounded up), `None` for no limit.
@@ -475,7 +525,7 @@ mod tests {
 
     #[test]
     fn volume_backup_cron_job_carries_the_contract() {
-        let cj = cron_job(&vb("nightly"), &args());
+        let cj = cron_job(&vb("nightly"), &args(), Duration::ZERO);
         let meta = &cj.metadata;
         let ann = meta.annotations.as_ref().unwrap();
         assert_eq!(
@@ -509,7 +559,7 @@ mod tests {
             backup_deadline: Duration::ZERO,
             ..args()
         };
-        let cj = cron_job(&vb("nightly"), &unbounded);
+        let cj = cron_job(&vb("nightly"), &unbounded, Duration::ZERO);
         let job = cj.spec.unwrap().job_template.spec.unwrap();
         assert_eq!(job.active_deadline_seconds, None);
         let pod = job.template.spec.unwrap();
@@ -589,19 +639,11 @@ mod tests {
         .unwrap();
         let mut r = S3Backup::new("bucket-backup", spec);
         r.metadata.namespace = Some("ns".into());
-        let cj = cron_job(&r, &args());
+        let cj = cron_job(&r, &args(), Duration::ZERO);
         let ann = cj.metadata.annotations.as_ref().unwrap();
         assert_eq!(ann[annotations::NOTIFY_HOST], "ns-photos");
         assert_eq!(ann[annotations::NOTIFY_VOLUME], "photos");
-        let pod = cj
-            .spec
-            .unwrap()
-            .job_template
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_spec(&cj).unwrap();
         let fetch = &pod.init_containers.as_ref().unwrap()[0];
         assert_eq!(fetch.image.as_deref(), Some("rclone:test"));
         assert_eq!(
@@ -638,14 +680,42 @@ mod tests {
     fn the_template_hash_is_stable_and_moves_with_any_change_removals_included() {
         let hash =
             |cj: &CronJob| cj.metadata.annotations.as_ref().unwrap()[labels::TEMPLATE_HASH].clone();
-        let a = cron_job(&vb("nightly"), &args());
-        assert_eq!(hash(&a), hash(&cron_job(&vb("nightly"), &args())));
+        let a = cron_job(&vb("nightly"), &args(), Duration::ZERO);
+        assert_eq!(
+            hash(&a),
+            hash(&cron_job(&vb("nightly"), &args(), Duration::ZERO))
+        );
         assert_eq!(hash(&a).len(), 32);
         let mut no_zone = vb("nightly");
         no_zone.spec.common.time_zone = None;
-        assert_ne!(hash(&a), hash(&cron_job(&no_zone, &args())));
+        assert_ne!(hash(&a), hash(&cron_job(&no_zone, &args(), Duration::ZERO)));
         let mut no_failure_url = vb("nightly");
         no_failure_url.spec.common.webhooks = None;
-        assert_ne!(hash(&a), hash(&cron_job(&no_failure_url, &args())));
+        assert_ne!(
+            hash(&a),
+            hash(&cron_job(&no_failure_url, &args(), Duration::ZERO))
+        );
+    }
+
+    #[test]
+    fn backups_sharing_a_new_repository_initialise_it_in_turn() {
+        assert_eq!(init_delay(0), Duration::ZERO);
+        assert_eq!(init_delay(1), INIT_SPACING);
+        assert_eq!(init_delay(3), INIT_SPACING * 3);
+        assert_eq!(init_delay(10_000), MAX_INIT_DELAY);
+        assert_eq!(init_delay(usize::MAX), MAX_INIT_DELAY);
+        let env = |delay| {
+            let cj = cron_job(&vb("nightly"), &args(), delay);
+            pod_spec(&cj).unwrap().containers[0]
+                .env
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e.name == "BACKUP_INIT_DELAY")
+                .and_then(|e| e.value)
+        };
+        // The oldest one's CronJob is what it was before delays existed.
+        assert_eq!(env(Duration::ZERO), None);
+        assert_eq!(env(init_delay(2)).as_deref(), Some("40"));
     }
 }

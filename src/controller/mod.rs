@@ -24,7 +24,7 @@ use crate::crd::{S3Backup, VolumeBackup};
 use crate::inject::InjectorConfig;
 use crate::metrics::{BackupLabels, Metrics};
 use job_template::{JobArgs, labels};
-use reconcile::{Context, Reconciled};
+use reconcile::{Backups, Context, Reconciled};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ControllerArgs {
@@ -99,7 +99,7 @@ pub async fn run(
             instance: Some(identity),
         },
     );
-    let context = |jobs: Store<Job>| {
+    let context = |jobs: Store<Job>, backups: &Backups| {
         Arc::new(Context {
             recorder: recorder.clone(),
             client: client.clone(),
@@ -107,6 +107,8 @@ pub async fn run(
             injector: injector.clone(),
             metrics: metrics.clone(),
             jobs,
+            backups: backups.clone(),
+            secrets_unreadable: Default::default(),
         })
     };
     let mut stop_wait = stop.clone();
@@ -129,8 +131,14 @@ pub async fn run(
         // Each term starts from fresh caches: a follower's would be stale.
         let (vb_jobs, vb_writer) = reflector::store();
         let (s3_jobs, s3_writer) = reflector::store();
-        let vb = controller::<VolumeBackup>(context(vb_jobs), vb_writer, concurrency, done.clone());
-        let s3 = controller::<S3Backup>(context(s3_jobs), s3_writer, concurrency, done.clone());
+        let vb = controller::<VolumeBackup>(&client, vb_writer, concurrency, done.clone());
+        let s3 = controller::<S3Backup>(&client, s3_writer, concurrency, done.clone());
+        let backups = Backups {
+            volume: vb.store(),
+            s3: s3.store(),
+        };
+        let vb = run_controller(vb, context(vb_jobs, &backups), done.clone());
+        let s3 = run_controller(s3, context(s3_jobs, &backups), done.clone());
         let certs = rotate_certificates(client.clone(), rotation.clone(), done.clone());
         tokio::join!(vb, s3, certs);
         metrics.leader.set(0);
@@ -145,15 +153,14 @@ pub async fn run(
     let _ = election.await;
 }
 
-async fn controller<K>(
-    ctx: Arc<Context>,
+/// The controller of `K`: its own watch, the CronJobs it owns, and the Jobs (also cached into
+/// `jobs`).
+fn controller<K: Reconciled>(
+    client: &kube::Client,
     jobs: Writer<Job>,
     concurrency: u16,
-    done: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
-) where
-    K: Reconciled,
-{
-    let client = ctx.client.clone();
+    done: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Controller<K> {
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::OWNER_KIND, K::KIND.as_str()));
     // The Jobs are cached as well as watched, so a reconcile reads its Jobs from memory instead
@@ -163,14 +170,21 @@ async fn controller<K>(
         .default_backoff()
         .reflect(jobs)
         .touched_objects();
-    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<CronJob>::all(client), owned)
+    Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<CronJob>::all(client.clone()), owned)
         .watches_stream(job_events, |job: Job| {
             let name = job.annotations().get(labels::OWNER_NAME)?.clone();
             Some(ObjectRef::<K>::new(&name).within(&job.namespace()?))
         })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(done.clone());
+        .graceful_shutdown_on(done)
+}
+
+async fn run_controller<K: Reconciled>(
+    controller: Controller<K>,
+    ctx: Arc<Context>,
+    done: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let pruner = tokio::spawn(prune_metrics::<K>(
         controller.store(),
         ctx.metrics.clone(),

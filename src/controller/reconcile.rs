@@ -37,6 +37,69 @@ pub struct Context {
     pub metrics: Metrics,
     /// This kind's Jobs (label `owner-kind`), kept by the controller's Job watch.
     pub jobs: Store<Job>,
+    /// Every backup of both kinds, as the two controllers' watches have them.
+    pub backups: Backups,
+    /// Namespaces where reading a Secret was refused (warned about once).
+    pub secrets_unreadable: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Context {
+    /// Records that Secrets in `ns` may not be read; true the first time.
+    fn secrets_unreadable_in(&self, ns: &str) -> bool {
+        self.secrets_unreadable
+            .lock()
+            .map(|mut seen| seen.insert(ns.to_owned()))
+            .unwrap_or(false)
+    }
+}
+
+/// Both controllers' caches, for what depends on more than one backup.
+#[derive(Clone)]
+pub struct Backups {
+    pub volume: Store<VolumeBackup>,
+    pub s3: Store<S3Backup>,
+}
+
+/// Creation order, ties broken by kind, namespace and name.
+type Age = (
+    Option<Timestamp>,
+    &'static str,
+    Option<String>,
+    Option<String>,
+);
+
+fn age<R: Reconciled>(r: &R) -> Age {
+    let m = r.meta();
+    (
+        m.creation_timestamp.as_ref().map(|t| t.0),
+        R::KIND.as_str(),
+        m.namespace.clone(),
+        m.name.clone(),
+    )
+}
+
+/// How many backups in `store` that are not being deleted write to `url` and are older than `me`.
+fn older<R: Reconciled>(store: &Store<R>, url: &str, me: &Age) -> usize {
+    store
+        .state()
+        .iter()
+        .filter(|p| {
+            p.meta().deletion_timestamp.is_none()
+                && p.common().repository.url == url
+                && age(p.as_ref()) < *me
+        })
+        .count()
+}
+
+impl Backups {
+    /// How long `r`'s backups wait before initialising a repository that does not exist yet:
+    /// by its place among the backups writing to the same repository URL, oldest first, so
+    /// that no two initialise one repository at once (`job_template::init_delay`).
+    pub fn init_delay<K: Reconciled>(&self, r: &K) -> Duration {
+        let url = &r.common().repository.url;
+        let me = age(r);
+        job_template::init_delay(older(&self.volume, url, &me) + older(&self.s3, url, &me))
+    }
 }
 
 /// What the Job cache keeps of a Job: the metadata that maps it to its backup and the status
@@ -190,7 +253,6 @@ async fn check_dependencies(
                 let secret = match secrets.get_opt(name).await {
                     Ok(secret) => secret,
                     Err(kube::Error::Api(e)) if e.code == 403 => {
-                        tracing::debug!(%ns, %name, "may not read the Secret; not checked");
                         found.unchecked.push(name.clone());
                         continue;
                     }
@@ -244,7 +306,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let kind = K::KIND.as_str();
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let desired = job_template::cron_job(obj, &ctx.job_args);
+    let desired = job_template::cron_job(obj, &ctx.job_args, ctx.backups.init_delay(obj));
     let cj_name = desired.metadata.name.clone().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
     let previous = obj.status().cloned().unwrap_or_default();
@@ -304,14 +366,22 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     };
 
     let deps = check_dependencies(&ctx.client, &ns, &obj.dependencies()).await?;
+    if !deps.unchecked.is_empty() && ctx.secrets_unreadable_in(&ns) {
+        // Once per namespace and leadership term: an intended RBAC choice must not flood the
+        // log, and a removed rule or an authorizer outage must not go unnoticed either.
+        tracing::warn!(%ns, "may not get Secrets in this namespace: backups there become Ready without the Secret checks");
+    }
     let waiting = deps.missing.is_some() || conflict;
     if let Some(m) = deps.missing {
         observed.push(m);
     } else if !conflict {
         let unchecked = match deps.unchecked.as_slice() {
             [] => String::new(),
+            [name] => format!(
+                "; Secret {name} not checked: the operator may not read Secrets in namespace {ns}"
+            ),
             names => format!(
-                "; Secret {} not checked: the operator may not read Secrets in namespace {ns}",
+                "; Secrets {} not checked: the operator may not read Secrets in namespace {ns}",
                 names.join(", ")
             ),
         };
@@ -478,7 +548,9 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
 }
 
 /// The backup's Jobs, from the cache once its first list is in; until then (the first
-/// reconciles of a leadership term) by a LIST, so a status never misses a Job.
+/// reconciles of a leadership term, while that list is in flight) by a LIST, so a status never
+/// misses a Job. The cache holds only this kind's Jobs, slimmed; scanning it is far cheaper
+/// than the LIST it replaces.
 async fn owned_jobs(
     ctx: &Context,
     kind: &str,

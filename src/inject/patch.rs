@@ -127,10 +127,12 @@ fn index(token: &str) -> Option<usize> {
 }
 
 /// Whether `have` holds everything `want` says: objects may carry extra keys (defaults), arrays
-/// must match element by element, scalars must be equal. An empty list, map or string in `want`
-/// may be absent from `have`: the apiserver does not store them (`tolerations: []`,
-/// `nodeSelector: {}`, an env var's `value: ""`). `false` and `0` must be there: on a pointer
-/// field their absence means something else.
+/// must match element by element, scalars must be equal. An empty list or string (or null) in
+/// `want` may be absent from `have`: the apiserver does not store them (`tolerations: []`, an
+/// env var's `value: ""`). An empty object must be there: `emptyDir: {}` is stored, and its
+/// absence means the volume has another source; empty maps (`nodeSelector: {}`), which are not
+/// stored, are left out of what the controller applies instead. `false` and `0` must be there
+/// too: on a pointer field their absence means something else.
 pub fn contains(have: &Value, want: &Value) -> bool {
     match (have, want) {
         (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
@@ -149,7 +151,6 @@ fn is_empty(v: &Value) -> bool {
         Value::Null => true,
         Value::String(s) => s.is_empty(),
         Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
         _ => false,
     }
 }
@@ -258,9 +259,13 @@ mod tests {
         assert!(!contains(&stored, &json!({"env": []})));
         assert!(contains(
             &stored,
-            &json!({"name": "n", "args": [], "nodeSelector": {}, "workingDir": ""})
+            &json!({"name": "n", "args": [], "workingDir": ""})
         ));
         assert!(!contains(&stored, &json!({"args": [""]})));
-        assert!(!contains(&stored, &json!({"stdin": false})));
+        assert!(!contains(&stored, &json!({"emptyDir": {}})));
+        assert!(!contains(
+            &stored,
+            &json!({"automountServiceAccountToken": false})
+        ));
     }
 }
