@@ -94,7 +94,9 @@ fn older<R: Reconciled>(store: &Store<R>, url: &str, me: &Age) -> usize {
 impl Backups {
     /// How long `r`'s backups wait before initialising a repository that does not exist yet:
     /// by its place among the backups writing to the same repository URL, oldest first, so
-    /// that no two initialise one repository at once (`job_template::init_delay`).
+    /// that no two initialise one repository at once (`job_template::init_delay`). A new
+    /// backup sorts after the existing ones, so their places hold; only one created in the same
+    /// second under an earlier name moves an older one, at that one's next reconcile.
     pub fn init_delay<K: Reconciled>(&self, r: &K) -> Duration {
         let url = &r.common().repository.url;
         let me = age(r);
