@@ -42,28 +42,35 @@ pub const BACKUP_CONTAINER: &str = "backup";
 /// CronJob names are limited so that the Jobs' names (plus an 11-character suffix) fit 63.
 const MAX_CRON_JOB_NAME: usize = 52;
 
-/// The backup steps, fixed text: every input arrives through the environment.
+/// The backup steps, fixed text: every input arrives through the environment. The script is
+/// part of every CronJob the apiserver stores and sends to the webhooks, so its reasons are
+/// here rather than in shell comments:
+/// - restic 0.16+ can wait for another run's lock (several backups sharing one repository).
+/// - No repository yet: restic 0.17+ exits 10, older versions exit 1 and ask "Is there a
+///   repository at the following location?" (which some versions also ask after other failures
+///   to read it, so restic's message is always shown first: init then fails with the real cause
+///   beside it). Any other error (a wrong password) fails the backup with restic's own message.
+/// - Concurrent `restic init`s of one new repository each write their own key and config, and
+///   leave a repository that no key opens ("ciphertext verification failed", which gets a hint).
+///   Backups sharing a repository therefore get delays from the operator (`BACKUP_INIT_DELAY`,
+///   see [`init_delay`]) and look again after theirs.
+/// - A run killed mid-way (an OOM kill, a lost node) leaves its lock behind, and forget --prune,
+///   which needs the repository to itself, would fail on it every night. unlock removes only
+///   stale locks: a live run keeps refreshing its own.
+/// - `BACKUP_FORGET_ARGS` is built by the operator from integers only.
 const BACKUP_SCRIPT: &str = r#"set -eu
-# restic 0.16+ can wait for another run's lock (several backups sharing one repository).
 wait_lock=""
 if restic --help 2>/dev/null | grep -q -e '--retry-lock'; then
   wait_lock="--retry-lock=30m"
 fi
-# No repository yet: restic 0.17+ exits 10, older versions exit 1 and ask "Is there a repository
-# at the following location?" (which some versions also ask after other failures to read it, so
-# restic's message is always shown first: init then fails with the real cause beside it). Any
-# other error (a wrong password) fails the backup with restic's own message.
 rc=0
 err=$(restic --no-lock cat config 2>&1 >/dev/null) || rc=$?
 if [ "$rc" -ne 0 ]; then
   printf '%s\n' "$err" >&2
   if [ "$rc" -eq 10 ] || { [ "$rc" -eq 1 ] && printf '%s\n' "$err" | grep -q 'Is there a repository at the following location'; }; then
-    # Concurrent `restic init`s of one new repository each write their own key and config, and
-    # leave a repository that no key opens. Backups sharing a repository therefore get delays
-    # from the operator (BACKUP_INIT_DELAY, in creation order) and look again after theirs.
     delay=${BACKUP_INIT_DELAY:-0}
     if [ "$delay" -gt 0 ]; then
-      echo "backup-operator: no repository at the configured URL; other backups share it, so waiting ${delay}s before initialising it"
+      echo "backup-operator: no repository yet; other backups share it, so waiting ${delay}s before initialising it"
       sleep "$delay"
     fi
     if [ "$delay" -gt 0 ] && restic --no-lock cat config >/dev/null 2>&1; then
@@ -74,18 +81,14 @@ if [ "$rc" -ne 0 ]; then
     fi
   else
     if printf '%s\n' "$err" | grep -q 'ciphertext verification failed'; then
-      echo "backup-operator: the repository's config does not open with the first key that matches the password, which is what runs initialising one new repository at once leave behind: keep the key with which 'restic --key-hint ID cat config' works and remove the others ('restic key remove ID')" >&2
+      echo "backup-operator: runs that initialised this new repository at once left keys that do not open its config: keep the key with which 'restic --key-hint ID cat config' works, remove the others" >&2
     fi
     exit "$rc"
   fi
 fi
-# A run killed mid-way (an OOM kill, a lost node) leaves its lock behind, and forget --prune,
-# which needs the repository to itself, would fail on it every night. unlock removes only stale
-# locks: a live run keeps refreshing its own.
 restic unlock
 restic $wait_lock backup "$BACKUP_SOURCE" --host "$BACKUP_HOST" --tag "$BACKUP_TAG"
 if [ -n "${BACKUP_FORGET_ARGS:-}" ]; then
-  # BACKUP_FORGET_ARGS is built by the operator from integers only.
   restic $wait_lock forget --prune --host "$BACKUP_HOST" --tag "$BACKUP_TAG" $BACKUP_FORGET_ARGS
 fi
 "#;
