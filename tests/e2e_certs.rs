@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use backup_operator::crd::VolumeBackup;
-use common::cluster::{install_crds, kubectl_stdin};
-use common::{OPERATOR, Operator};
+use common::Operator;
+use common::cluster::{apply_webhook_configurations, install_crds, kubectl_stdin};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use testkit::control_plane::{ControlPlane, wait_for};
@@ -36,25 +36,6 @@ fn start(cp: &ControlPlane, identity: &str, extra: &[&str]) -> Operator {
         &cmd_args,
         &[("KUBECONFIG", cp.kubeconfig_path().as_os_str())],
     )
-}
-
-/// Registers both webhooks at `url` without a caBundle: the leader must inject it.
-fn register_without_ca(cp: &ControlPlane, url: &str) {
-    let out = std::process::Command::new(OPERATOR)
-        .args(["webhooks", "--url", url, "--namespace", NS])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let applied = kubectl_stdin(
-        cp,
-        &["apply", "-f", "-"],
-        &String::from_utf8(out.stdout).unwrap(),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
 }
 
 fn vb(name: &str, failure: &str) -> VolumeBackup {
@@ -110,7 +91,8 @@ async fn starts_without_a_secret_creates_it_and_rotates_without_a_failed_request
     let a = start(cp, "replica-a", &short);
     let b = start(cp, "replica-b", &short);
     let front = round_robin(vec![a.https, b.https]).await;
-    register_without_ca(cp, &format!("https://{front}"));
+    // Without a caBundle: the leader must inject it.
+    apply_webhook_configurations(cp, &format!("https://{front}"), None);
 
     let secret = wait_for(
         "the leader to create the Secret",

@@ -6,13 +6,14 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use common::cluster::{Mode, cluster, kubectl, kubectl_ok, kubectl_stdin};
+use common::cluster::{
+    Mode, apply_webhook_configurations, cluster, kubectl, kubectl_ok, kubectl_stdin,
+};
 use testkit::control_plane::ControlPlane;
 
-const OPERATOR: &str = env!("CARGO_BIN_EXE_backup-operator");
 const NS: &str = "validate-outage";
 
 fn volume_backup(schedule: &str) -> String {
@@ -109,23 +110,7 @@ fn an_outage_blocks_only_what_the_webhook_checks() {
     let dead = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
-    let out = Command::new(OPERATOR)
-        .args(["webhooks", "--url", &format!("https://{dead}")])
-        .arg("--ca-bundle-file")
-        .arg(c.certs.join("ca.crt"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let applied = kubectl_stdin(
-        cp,
-        &["apply", "-f", "-"],
-        &String::from_utf8(out.stdout).unwrap(),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_webhook_configurations(cp, &format!("https://{dead}"), Some(&c.certs.join("ca.crt")));
     // The apiserver picks the change up asynchronously; a dry-run create tells when it has.
     let new_backup = || volume_backup("0 3 * * *").replace("name: held", "name: new");
     assert!(

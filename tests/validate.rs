@@ -21,6 +21,16 @@ fn vb(obj: Value) -> Value {
     review("backups.k8s.bnerd.com", "VolumeBackup", "CREATE", obj, None)
 }
 
+fn vb_update(new: Value, old: Value) -> Value {
+    review(
+        "backups.k8s.bnerd.com",
+        "VolumeBackup",
+        "UPDATE",
+        new,
+        Some(old),
+    )
+}
+
 #[test]
 fn every_bad_field_is_named_on_its_own_line() {
     let mut obj = volume_backup(
@@ -92,16 +102,7 @@ fn unchanged_bad_values_are_ratcheted_but_changed_ones_are_denied() {
     let old = volume_backup(Some("http://hooks.example.com/x"), None);
     let mut new = old.clone();
     new["spec"]["schedule"] = json!("0 4 * * *");
-    let (denials, warnings) = verdict(
-        review(
-            "backups.k8s.bnerd.com",
-            "VolumeBackup",
-            "UPDATE",
-            new,
-            Some(old.clone()),
-        ),
-        &strict,
-    );
+    let (denials, warnings) = verdict(vb_update(new, old.clone()), &strict);
     assert!(denials.is_empty(), "{denials:?}");
     assert!(
         warnings[0].contains("kept because it did not change"),
@@ -110,16 +111,7 @@ fn unchanged_bad_values_are_ratcheted_but_changed_ones_are_denied() {
 
     let good = volume_backup(Some("https://hooks.example.com/x"), None);
     let bad = volume_backup(Some("https://127.0.0.1/x"), None);
-    let (denials, _) = verdict(
-        review(
-            "backups.k8s.bnerd.com",
-            "VolumeBackup",
-            "UPDATE",
-            bad,
-            Some(good),
-        ),
-        &strict,
-    );
+    let (denials, _) = verdict(vb_update(bad, good), &strict);
     assert_eq!(
         denials,
         ["spec.webhooks.success: host 127.0.0.1 is loopback; notifications cannot be sent there"]
@@ -130,16 +122,7 @@ fn unchanged_bad_values_are_ratcheted_but_changed_ones_are_denied() {
 fn objects_being_deleted_are_never_blocked() {
     let mut obj = volume_backup(Some("ftp://x/"), None);
     obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    let (denials, _) = verdict(
-        review(
-            "backups.k8s.bnerd.com",
-            "VolumeBackup",
-            "UPDATE",
-            obj.clone(),
-            Some(obj),
-        ),
-        &UrlPolicy::default(),
-    );
+    let (denials, _) = verdict(vb_update(obj.clone(), obj), &UrlPolicy::default());
     assert!(denials.is_empty());
     let mut malformed = volume_backup(None, None);
     malformed["spec"]["retention"] = json!({"keepLast": "three"});
@@ -278,16 +261,7 @@ fn requests_and_limits_must_be_quantities_the_apiserver_takes() {
     // A bad value stored before this check existed does not block other edits.
     let mut new = obj.clone();
     new["spec"]["schedule"] = json!("0 4 * * *");
-    let (denials, warnings) = verdict(
-        review(
-            "backups.k8s.bnerd.com",
-            "VolumeBackup",
-            "UPDATE",
-            new,
-            Some(obj),
-        ),
-        &UrlPolicy::default(),
-    );
+    let (denials, warnings) = verdict(vb_update(new, obj), &UrlPolicy::default());
     assert!(denials.is_empty(), "{denials:?}");
     assert_eq!(
         warnings[0],

@@ -116,20 +116,21 @@ pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], yaml: &str) -> std::proce
 /// Each webhook probe is a kubectl run; no need to hammer the apiserver.
 const WEBHOOK_POLL: Duration = Duration::from_millis(300);
 
-/// Registers both webhook configurations for `op` and waits until the validating one acts.
-pub fn register_webhooks(cp: &ControlPlane, op: &Operator, ca: &Path) {
-    let out = Command::new(OPERATOR)
-        .args([
-            "webhooks",
-            "--url",
-            &format!("https://{}", op.https),
-            "--namespace",
-            "backup-operator-system",
-        ])
-        .arg("--ca-bundle-file")
-        .arg(ca)
-        .output()
-        .unwrap();
+/// Applies both webhook configurations (`backup-operator webhooks`) pointing at `url`, with `ca`
+/// as their caBundle (none: left for the operator to inject).
+pub fn apply_webhook_configurations(cp: &ControlPlane, url: &str, ca: Option<&Path>) {
+    let mut webhooks = Command::new(OPERATOR);
+    webhooks.args([
+        "webhooks",
+        "--url",
+        url,
+        "--namespace",
+        "backup-operator-system",
+    ]);
+    if let Some(ca) = ca {
+        webhooks.arg("--ca-bundle-file").arg(ca);
+    }
+    let out = webhooks.output().unwrap();
     assert!(out.status.success());
     let applied = kubectl_stdin(
         cp,
@@ -141,6 +142,11 @@ pub fn register_webhooks(cp: &ControlPlane, op: &Operator, ca: &Path) {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
+}
+
+/// Registers both webhook configurations for `op` and waits until the validating one acts.
+pub fn register_webhooks(cp: &ControlPlane, op: &Operator, ca: &Path) {
+    apply_webhook_configurations(cp, &format!("https://{}", op.https), Some(ca));
     // The apiserver notices webhook configurations asynchronously: wait until one visibly acts.
     let canary = r#"
 apiVersion: backups.k8s.bnerd.com/v1
