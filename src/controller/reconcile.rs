@@ -60,35 +60,34 @@ pub struct Backups {
     pub s3: Store<S3Backup>,
 }
 
-/// Creation order, ties broken by kind, namespace and name.
-type Age = (
+/// Creation order, ties broken by kind, namespace and name; borrowed, since a reconcile compares
+/// its backup with every other one that shares its repository.
+type Age<'a> = (
     Option<Timestamp>,
     &'static str,
-    Option<String>,
-    Option<String>,
+    Option<&'a str>,
+    Option<&'a str>,
 );
 
-fn age<R: Reconciled>(r: &R) -> Age {
+fn age<R: Reconciled>(r: &R) -> Age<'_> {
     let m = r.meta();
     (
         m.creation_timestamp.as_ref().map(|t| t.0),
         R::KIND.as_str(),
-        m.namespace.clone(),
-        m.name.clone(),
+        m.namespace.as_deref(),
+        m.name.as_deref(),
     )
 }
 
 /// How many backups in `store` that are not being deleted write to `url` and are older than `me`.
-fn older<R: Reconciled>(store: &Store<R>, url: &str, me: &Age) -> usize {
+fn older<R: Reconciled>(store: &Store<R>, url: &str, me: &Age<'_>) -> usize {
     store
-        .state()
-        .iter()
-        .filter(|p| {
+        .state_filter(|p| {
             p.meta().deletion_timestamp.is_none()
                 && p.common().repository.url == url
-                && age(p.as_ref()) < *me
+                && age(p) < *me
         })
-        .count()
+        .len()
 }
 
 impl Backups {
