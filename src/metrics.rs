@@ -208,7 +208,7 @@ impl Metrics {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "reconciles",
-            "Reconciliations by kind and result (ok, error)",
+            "Reconciliations by kind and result (ok, error, abandoned: the leadership term ended during it)",
             reconciles.clone(),
         );
         let leader = Gauge::default();

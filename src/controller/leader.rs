@@ -104,7 +104,8 @@ fn record_duration(spec: &LeaseSpec, cfg: &LeaseConfig) -> Duration {
 }
 
 /// Runs until `stop` turns true, publishing whether this process leads on `leading`. On stop
-/// the lease is released, so another replica takes over at once.
+/// the lease is released, so another replica takes over at once; the caller turns `stop` only
+/// once nothing of its term runs any more.
 pub async fn run(
     api: Api<Lease>,
     cfg: LeaseConfig,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::ResourceExt;
 use kube::api::Api;
@@ -72,7 +73,15 @@ fn identity(args: &ControllerArgs) -> String {
     })
 }
 
+/// Resolves when the current leadership term ends: the Lease is lost (or not renewed within the
+/// deadline), or the process is stopping.
+pub type TermEnd = Shared<BoxFuture<'static, ()>>;
+
 /// Runs leader election and, while leading, both controllers; returns once `stop` turns true.
+///
+/// A term's reconciles are dropped as soon as it ends (see [`reconcile::reconcile`]), and the
+/// Lease is released only after both controllers have stopped, so a replica never writes after
+/// another one may have taken over.
 pub async fn run(
     client: kube::Client,
     args: ControllerArgs,
@@ -89,8 +98,9 @@ pub async fn run(
         args.lease_duration,
     );
     let (lead_tx, mut leading) = watch::channel(false);
+    let (release_tx, release) = watch::channel(false);
     let leases = Api::namespaced(client.clone(), &args.lease_namespace);
-    let election = tokio::spawn(leader::run(leases, cfg, lead_tx, stop.clone()));
+    let election = tokio::spawn(leader::run(leases, cfg, lead_tx, release));
     let concurrency = args.reconcile_concurrency;
     let recorder = Recorder::new(
         client.clone(),
@@ -99,7 +109,7 @@ pub async fn run(
             instance: Some(identity),
         },
     );
-    let context = |jobs: Store<Job>, backups: &Backups| {
+    let context = |jobs: Store<Job>, backups: &Backups, term_end: &TermEnd| {
         Arc::new(Context {
             recorder: recorder.clone(),
             client: client.clone(),
@@ -109,6 +119,7 @@ pub async fn run(
             jobs,
             backups: backups.clone(),
             secrets_unreadable: Default::default(),
+            term_end: term_end.clone(),
         })
     };
     let mut stop_wait = stop.clone();
@@ -121,13 +132,14 @@ pub async fn run(
         tracing::info!("leading: starting the VolumeBackup and S3Backup controllers");
         let mut until = leading.clone();
         let mut until_stop = stop.clone();
-        let done = async move {
+        let done: TermEnd = async move {
             tokio::select! {
                 _ = until.wait_for(|l| !*l) => {}
                 _ = until_stop.wait_for(|s| *s) => {}
             }
-        };
-        let done = futures::future::FutureExt::shared(done);
+        }
+        .boxed()
+        .shared();
         // Each term starts from fresh caches: a follower's would be stale.
         let (vb_jobs, vb_writer) = reflector::store();
         let (s3_jobs, s3_writer) = reflector::store();
@@ -137,8 +149,8 @@ pub async fn run(
             volume: vb.store(),
             s3: s3.store(),
         };
-        let vb = run_controller(vb, context(vb_jobs, &backups), done.clone());
-        let s3 = run_controller(s3, context(s3_jobs, &backups), done.clone());
+        let vb = run_controller(vb, context(vb_jobs, &backups, &done), done.clone());
+        let s3 = run_controller(s3, context(s3_jobs, &backups, &done), done.clone());
         let certs = rotate_certificates(client.clone(), rotation.clone(), done.clone());
         tokio::join!(vb, s3, certs);
         metrics.leader.set(0);
@@ -150,6 +162,8 @@ pub async fn run(
             break;
         }
     }
+    // Only now: until the controllers above have stopped, another replica must not lead.
+    let _ = release_tx.send(true);
     let _ = election.await;
 }
 

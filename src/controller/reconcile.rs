@@ -41,6 +41,8 @@ pub struct Context {
     pub backups: Backups,
     /// Namespaces where reading a Secret was refused (warned about once).
     pub secrets_unreadable: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The end of the leadership term this context belongs to.
+    pub term_end: super::TermEnd,
 }
 
 impl Context {
@@ -286,17 +288,31 @@ async fn check_dependencies(
     Ok(found)
 }
 
+/// One reconcile, abandoned at its next step when the leadership term ends. Once this replica
+/// may have lost the Lease, another one may already be writing the same CronJob and status;
+/// kube-runtime's graceful shutdown would let the reconcile run to its end, each of its later
+/// writes then racing the new leader's. Dropping it closes its in-flight request, which also
+/// makes the apiserver give that request up; the new leader reconciles everything afresh.
 pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_inner(obj.as_ref(), &ctx).await;
-    ctx.metrics
-        .reconciles
-        .get_or_create(&ReconcileLabels {
-            kind: K::KIND.as_str(),
-            result: if result.is_ok() { "ok" } else { "error" },
-        })
-        .inc();
-    tracing::debug!(kind = K::KIND.as_str(), name = %obj.name_any(), took = ?started.elapsed(), "reconciled");
+    let kind = K::KIND.as_str();
+    let count = |result| {
+        ctx.metrics
+            .reconciles
+            .get_or_create(&ReconcileLabels { kind, result })
+            .inc();
+    };
+    let result = tokio::select! {
+        biased;
+        () = ctx.term_end.clone() => {
+            count("abandoned");
+            tracing::info!(kind, namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), "leadership ended: reconcile abandoned (the next leader reconciles again)");
+            return Ok(Action::await_change());
+        }
+        result = reconcile_inner(obj.as_ref(), &ctx) => result,
+    };
+    count(if result.is_ok() { "ok" } else { "error" });
+    tracing::debug!(kind, name = %obj.name_any(), took = ?started.elapsed(), "reconciled");
     result
 }
 
