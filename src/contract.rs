@@ -41,6 +41,8 @@ pub mod env {
     pub const TIMEOUT: &str = "NOTIFY_TIMEOUT";
     pub const RESULT: &str = "NOTIFY_RESULT";
     pub const MODE: &str = "NOTIFY_MODE";
+    /// The backup pod's `restartPolicy`, set only when it is `OnFailure`.
+    pub const RESTART_POLICY: &str = "NOTIFY_RESTART_POLICY";
     pub const CA_FILE: &str = "NOTIFY_CA_FILE";
     /// The URL policy travels with these, so admission and send time agree.
     pub const REQUIRE_HTTPS: &str = "NOTIFY_REQUIRE_HTTPS";

@@ -138,6 +138,47 @@ async fn unlabelled_and_commandless_cron_jobs_are_stored_as_sent() {
     assert!(p["containers"][0].get("command").is_none());
 }
 
+/// Through the live webhook: a Job that retries in new pods is warned about at `kubectl apply`,
+/// and a pod that retries in place tells its notifier (which then waits for the last attempt).
+#[tokio::test]
+async fn retrying_jobs_are_warned_about_or_their_notifier_told() {
+    let c = operator();
+    let ns = c.cp.namespace("inject-retries").await;
+    let ns = ns.name();
+    let rx = Receiver::http(Reply::Status(200));
+    let retries = cron_job(ns, "retries", &rx, "exit 0").replace("      backoffLimit: 0\n", "");
+    let out = kubectl_stdin(c.cp, &["apply", "-f", "-"], &retries);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Warning: backup-operator: backoffLimit is unset (6) and restartPolicy is Never: every failed attempt runs in a new pod, which sends its own failure notification"),
+        "{stderr}"
+    );
+
+    let in_place = cron_job(ns, "in-place", &rx, "exit 0")
+        .replace("      backoffLimit: 0\n", "      backoffLimit: 3\n")
+        .replace("restartPolicy: Never", "restartPolicy: OnFailure");
+    let out = kubectl_stdin(c.cp, &["apply", "-f", "-"], &in_place);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("Warning: backup-operator:"), "{stderr}");
+    let cj = get_json(c, ns, "in-place");
+    let notifier = pod(&cj)["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "notifier")
+        .unwrap()
+        .clone();
+    assert!(
+        notifier["env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": "NOTIFY_RESTART_POLICY", "value": "OnFailure"})),
+        "{notifier}"
+    );
+}
+
 #[tokio::test]
 async fn the_stored_template_notifies_exactly_once_per_outcome() {
     let c = operator();

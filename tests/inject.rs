@@ -38,7 +38,7 @@ fn cron_job(pod_spec: Value, annotations: Value) -> Value {
             "labels": {"backups.k8s.bnerd.com/notify": "true"},
             "annotations": annotations,
         },
-        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": pod_spec}}}}
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"backoffLimit": 0, "template": {"spec": pod_spec}}}}
     })
 }
 
@@ -365,6 +365,68 @@ fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
     );
 }
 
+/// With restartPolicy OnFailure a failed attempt is retried in the same pod, whose notifier must
+/// wait for the last one; with Never every retry is a new pod with its own notification.
+#[test]
+fn the_notifier_learns_of_in_place_retries_and_retries_in_new_pods_are_warned_about() {
+    let cfg = config(NotifierMode::Sidecar);
+    let notifier = |cj: &Value| {
+        let out = apply(cj, &inject::mutate(cj.clone(), &cfg).patch);
+        let init = pod(&out)["initContainers"].as_array().unwrap().clone();
+        env_of(init.iter().find(|c| c["name"] == "notifier").unwrap())
+    };
+    let mut on_failure = restic_pod();
+    on_failure["restartPolicy"] = json!("OnFailure");
+    let mut cj = cron_job(on_failure, default_annotations());
+    cj["spec"]["jobTemplate"]["spec"]["backoffLimit"] = json!(3);
+    let m = inject::mutate(cj.clone(), &cfg);
+    assert!(m.injected() && m.warnings.is_empty(), "{m:?}");
+    assert_eq!(
+        notifier(&cj)
+            .get("NOTIFY_RESTART_POLICY")
+            .map(String::as_str),
+        Some("OnFailure")
+    );
+    // Switching to Never takes the variable away again.
+    let once = apply(&cj, &m.patch);
+    let mut never = once.clone();
+    never["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+    let again = apply(&never, &inject::mutate(never.clone(), &cfg).patch);
+    let init = pod(&again)["initContainers"].as_array().unwrap();
+    let env = env_of(init.iter().find(|c| c["name"] == "notifier").unwrap());
+    assert!(!env.contains_key("NOTIFY_RESTART_POLICY"), "{env:?}");
+
+    let cj = cron_job(restic_pod(), default_annotations());
+    assert!(!notifier(&cj).contains_key("NOTIFY_RESTART_POLICY"));
+    for (limit, says) in [
+        (
+            Some(json!(2)),
+            "backoffLimit is 2 and restartPolicy is Never",
+        ),
+        (None, "backoffLimit is unset (6) and restartPolicy is Never"),
+    ] {
+        let mut cj = cj.clone();
+        match limit {
+            Some(l) => cj["spec"]["jobTemplate"]["spec"]["backoffLimit"] = l,
+            None => {
+                cj["spec"]["jobTemplate"]["spec"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("backoffLimit");
+            }
+        }
+        let m = inject::mutate(cj, &cfg);
+        assert!(m.injected(), "{m:?}");
+        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        assert!(
+            m.warnings[0].contains(says)
+                && m.warnings[0].contains("sends its own failure notification"),
+            "{:?}",
+            m.warnings
+        );
+    }
+}
+
 #[test]
 fn unlabelled_cron_jobs_are_not_touched() {
     let mut cj = cron_job(restic_pod(), default_annotations());
@@ -490,11 +552,12 @@ fn pod_strategy() -> impl Strategy<Value = (Value, Option<String>)> {
             Just("main".to_owned()),
             Just("other".to_owned())
         ]),
+        prop_oneof![Just("Never"), Just("OnFailure")],
     )
-        .prop_map(|(main, other, volumes, inits, grace, target)| {
+        .prop_map(|(main, other, volumes, inits, grace, target, restart)| {
             let mut containers = vec![main];
             containers.extend(other);
-            let mut spec = json!({"containers": containers});
+            let mut spec = json!({"containers": containers, "restartPolicy": restart});
             if let Some(v) = volumes {
                 spec["volumes"] = v
                     .iter()

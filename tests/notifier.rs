@@ -694,6 +694,82 @@ fn a_wrapper_killed_by_sigkill_is_reported_as_failure_in_both_modes() {
     }
 }
 
+/// restartPolicy OnFailure: the kubelet reruns a failed backup container in the same pod, so a
+/// failed attempt is not final. The notifier sends once, for the attempt that ends the run: the
+/// first success, or, when the Job gives up and the pod is stopped (SIGTERM), the last failure.
+#[test]
+fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
+    let in_place = |s: &Scratch, mode: &str, rx: &Receiver| {
+        let mut cmd = s.notify(mode);
+        with_urls(&mut cmd, rx).env("NOTIFY_RESTART_POLICY", "OnFailure");
+        spawn(&mut cmd)
+    };
+    let sent = |rx: &Receiver, r: &Run, status: &str, mode: &str| {
+        let reqs = rx.requests();
+        assert_eq!(reqs.len(), 1, "{mode}: {}", r.stderr);
+        assert_eq!(reqs[0].json().unwrap()["status"], status, "{mode}");
+    };
+    for mode in ["sidecar", "container"] {
+        // A failure, then a success.
+        let s = Scratch::new();
+        let rx = Receiver::http(Reply::Status(200));
+        let mut notifier = in_place(&s, mode, &rx);
+        s.run_exec("exit 3").assert_code(3);
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(
+            rx.count(),
+            0,
+            "{mode}: sent for an attempt the kubelet retries"
+        );
+        assert!(notifier.running(), "{mode}");
+        s.run_exec("sleep 0.3; exit 0").assert_code(0);
+        assert!(rx.wait_for(1, Duration::from_secs(10)), "{mode}");
+        if mode == "sidecar" {
+            notifier.wait_handles(libc::SIGTERM);
+            notifier.signal(libc::SIGTERM);
+        }
+        let r = notifier.finish(LIMIT);
+        r.assert_code(0);
+        sent(&rx, &r, "success", mode);
+        assert!(
+            r.stderr.contains("exited with code 3") && r.stderr.contains("OnFailure"),
+            "{mode}: {}",
+            r.stderr
+        );
+
+        // Two failures, the second starting and ending between two looks, then SIGTERM.
+        let s = Scratch::new();
+        let rx = Receiver::http(Reply::Status(200));
+        let notifier = in_place(&s, mode, &rx);
+        s.run_exec("exit 3").assert_code(3);
+        s.run_exec("exit 4").assert_code(4);
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(rx.count(), 0, "{mode}");
+        notifier.wait_handles(libc::SIGTERM);
+        notifier.signal(libc::SIGTERM);
+        let r = notifier.finish(LIMIT);
+        r.assert_code(0);
+        sent(&rx, &r, "failure", mode);
+        assert!(
+            r.stderr.contains("backup command exited with code 4"),
+            "{mode}: {}",
+            r.stderr
+        );
+    }
+
+    // A failure and a success in quick succession end in one success notification.
+    let s = Scratch::new();
+    let rx = Receiver::http(Reply::Status(200));
+    let notifier = in_place(&s, "sidecar", &rx);
+    s.run_exec("exit 3").assert_code(3);
+    s.run_exec("exit 0").assert_code(0);
+    assert!(rx.wait_for(1, Duration::from_secs(10)));
+    notifier.wait_handles(libc::SIGTERM);
+    notifier.signal(libc::SIGTERM);
+    let r = notifier.finish(LIMIT);
+    sent(&rx, &r, "success", "sidecar");
+}
+
 #[test]
 fn a_second_notify_after_a_completed_send_does_not_send_again() {
     let s = Scratch::new();
@@ -724,8 +800,9 @@ fn a_second_notify_after_a_completed_send_does_not_send_again() {
 
 #[test]
 fn invalid_configuration_is_one_error_line_and_no_send() {
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str); 5] = [
         ("NOTIFY_KIND", "Bogus", "NOTIFY_KIND"),
+        ("NOTIFY_RESTART_POLICY", "Always", "NOTIFY_RESTART_POLICY"),
         ("NOTIFY_TIMEOUT", "abc", "NOTIFY_TIMEOUT"),
         ("NOTIFY_HOST", "", "NOTIFY_HOST"),
         ("NOTIFY_DENY_DESTINATIONS", "not a host!", "not a host!"),

@@ -213,15 +213,26 @@ fn bad_exec_arguments_are_one_line_and_125() {
         assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
         assert!(r.stderr.contains(" ERROR "), "{}", r.stderr);
     }
-    // A result directory that does not exist: the wrapper cannot take its lock and says so.
+}
+
+/// A notifier volume the wrapper cannot use (here: a result directory that does not exist) is
+/// no reason to skip the backup: the command runs and its exit code is the container's.
+#[test]
+fn the_command_runs_even_when_the_notifier_files_cannot_be_written() {
+    let s = Scratch::new();
+    let ran = s.path().join("ran");
     let r = run(
-        notifier().args(["exec", "--result", "/nonexistent/dir/r.json", "--", "true"]),
+        notifier()
+            .args(["exec", "--result", "/nonexistent/dir/r.json", "--"])
+            .args(["sh", "-c", &format!("touch {}; exit 7", ran.display())]),
         LIMIT,
     );
-    r.assert_code(125);
-    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    r.assert_code(7);
+    assert!(ran.exists(), "the command did not run: {}", r.stderr);
+    let errors = r.lines("ERROR");
     assert!(
-        r.stderr.contains("/nonexistent/dir/r.json.lock"),
+        errors[0].contains("/nonexistent/dir/r.json.lock")
+            && errors[0].contains("running the command anyway"),
         "{}",
         r.stderr
     );

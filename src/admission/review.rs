@@ -226,10 +226,10 @@ mod tests {
 
     #[test]
     fn the_mutate_request_keeps_the_injectors_view_of_the_object_as_sent() {
-        let kept = json!({"terminationGracePeriodSeconds": 30,
+        let kept = json!({"terminationGracePeriodSeconds": 30, "restartPolicy": "Never",
             "containers": [{"name": "c", "command": ["x"], "env": [{"name": "A", "value": "1"}]}]});
         let mut pod = kept.clone();
-        pod["restartPolicy"] = json!("Never");
+        pod["dnsPolicy"] = json!("ClusterFirst");
         let object = json!({"apiVersion": "batch/v1", "kind": "CronJob",
             "metadata": {"name": "n", "uid": "x", "labels": {"l": "1"}, "annotations": {"a/b": "2"},
                          "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}]},
@@ -247,7 +247,7 @@ mod tests {
             req.object.map(|v| v.0),
             Some(
                 json!({"metadata": {"labels": {"l": "1"}, "annotations": {"a/b": "2"}},
-                "spec": {"jobTemplate": {"spec": {"template": {"spec": kept}}}}})
+                "spec": {"jobTemplate": {"spec": {"backoffLimit": 0, "template": {"spec": kept}}}}})
             )
         );
         assert_eq!(req.uid, "u-3");

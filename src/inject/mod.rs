@@ -6,7 +6,8 @@
 //! - init container `notifier-install`, which copies the notifier binary into that volume;
 //! - the `notifier`: a native sidecar (init container with `restartPolicy: Always`) that the
 //!   kubelet stops only after the backup container ended, or, in container mode, a regular
-//!   container that waits for the result;
+//!   container that waits for the result; with the pod's `restartPolicy: OnFailure` its env says
+//!   so, and it treats a failed attempt as final only when the pod is stopped;
 //! - the target container's `command` wrapped as `backup-notifier exec --result … -- <command>`
 //!   (its `args` are untouched);
 //! - `terminationGracePeriodSeconds` raised, when lower, so a send fits after the backup ends;
@@ -28,30 +29,39 @@ use crate::contract::{self, annotations, env, pod};
 use crate::json_view::Keep;
 use patch::{PatchBuilder, pointer};
 
+const JOB_SPEC: [&str; 3] = ["spec", "jobTemplate", "spec"];
 const POD_SPEC: [&str; 5] = ["spec", "jobTemplate", "spec", "template", "spec"];
 
 /// Everything [`mutate`] reads of a CronJob, and every path its patch touches: the labels, the
-/// annotations, and the pod spec's lists and grace period at [`POD_SPEC`]. `/mutate` decodes
-/// only this much of the object (the rest is skipped unparsed; see [`crate::json_view`]).
+/// annotations, the Job's `backoffLimit`, and the pod spec's lists, restart policy and grace
+/// period at [`POD_SPEC`]. `/mutate` decodes only this much of the object (the rest is skipped
+/// unparsed; see [`crate::json_view`]).
 pub const CRON_JOB_VIEW: Keep = Keep::Members(&[
     (
         "metadata",
         Keep::Members(&[("labels", Keep::All), ("annotations", Keep::All)]),
     ),
-    (POD_SPEC[0], Keep::Path(POD_SPEC_BELOW_SPEC, &POD_SPEC_VIEW)),
+    (
+        JOB_SPEC[0],
+        Keep::Path(&[JOB_SPEC[1], JOB_SPEC[2]], &JOB_SPEC_VIEW),
+    ),
 ]);
 
-const POD_SPEC_BELOW_SPEC: &[&str] = match POD_SPEC.split_first() {
-    Some((_, rest)) => rest,
-    None => &[],
-};
+const JOB_SPEC_VIEW: Keep = Keep::Members(&[
+    ("backoffLimit", Keep::All),
+    (POD_SPEC[3], Keep::Path(&[POD_SPEC[4]], &POD_SPEC_VIEW)),
+]);
 
 const POD_SPEC_VIEW: Keep = Keep::Members(&[
     ("volumes", Keep::All),
     ("initContainers", Keep::All),
     ("containers", Keep::All),
     ("terminationGracePeriodSeconds", Keep::All),
+    ("restartPolicy", Keep::All),
 ]);
+
+/// The Job controller's default `backoffLimit`.
+const DEFAULT_BACKOFF_LIMIT: u64 = 6;
 
 /// Extra seconds the pod's grace period grants beyond the notifier's timeout.
 const GRACE_MARGIN_SECS: u64 = 5;
@@ -61,7 +71,8 @@ const DEFAULT_GRACE_SECS: u64 = 30;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum NotifierMode {
     /// A native sidecar (init container with restartPolicy: Always), stopped by the kubelet
-    /// after the backup container ended. Needs Kubernetes 1.29+.
+    /// after the backup container ended. Needs native sidecars (on by default since Kubernetes
+    /// 1.29, GA in 1.33).
     #[default]
     Sidecar,
     /// A regular container beside the backup container that exits 0 once it has sent.
@@ -290,7 +301,21 @@ pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
         ));
     }
 
-    let notifier = notifier_container(cfg, ca, &ann);
+    let retried_in_place = pod_spec(&cron_job)["restartPolicy"] == "OnFailure";
+    if !retried_in_place {
+        let limit = JOB_SPEC.iter().fold(&cron_job, |v, key| &v[*key])["backoffLimit"].as_u64();
+        let retries = match limit {
+            Some(0) => None,
+            Some(n) => Some(format!("backoffLimit is {n}")),
+            None => Some(format!("backoffLimit is unset ({DEFAULT_BACKOFF_LIMIT})")),
+        };
+        if let Some(retries) = retries {
+            m.warnings.push(format!(
+                "backup-operator: {retries} and restartPolicy is Never: every failed attempt runs in a new pod, which sends its own failure notification; set backoffLimit: 0, or restartPolicy: OnFailure, for one notification per run"
+            ));
+        }
+    }
+    let notifier = notifier_container(cfg, ca, &ann, retried_in_place);
     let mut b = PatchBuilder::new(cron_job);
     ensure_named(&mut b, "volumes", pod::VOLUME, volume(), None);
     match ca {
@@ -530,10 +555,12 @@ fn install_container(cfg: &InjectorConfig) -> Value {
     })
 }
 
+/// `retried_in_place`: the pod's restartPolicy is OnFailure, so a failed attempt is not final.
 fn notifier_container<'a>(
     cfg: &InjectorConfig,
     ca: Option<&NotifierCa>,
     ann: &impl Fn(&str) -> Option<&'a str>,
+    retried_in_place: bool,
 ) -> Value {
     let mut vars: Vec<(&str, String)> = Vec::new();
     if let Some(url) = ann(annotations::WEBHOOK_SUCCESS) {
@@ -561,6 +588,9 @@ fn notifier_container<'a>(
     vars.push((env::TIMEOUT, format!("{}ms", cfg.timeout.as_millis())));
     vars.push((env::RESULT, pod::RESULT_FILE.to_owned()));
     vars.push((env::MODE, cfg.mode.as_str().to_owned()));
+    if retried_in_place {
+        vars.push((env::RESTART_POLICY, "OnFailure".to_owned()));
+    }
     vars.extend(cfg.policy_env.iter().cloned());
     let mut mounts = vec![mount()];
     if ca.is_some() {

@@ -91,8 +91,10 @@ then renamed into place). The kernel releases it however the wrapper ends, so a 
 finds it released but no result knows the wrapper was killed (e.g. by the OOM killer).
 - A CMD that does not exist exits 127, one that cannot be executed 126; both with a one-line \
 error and a failure result in FILE.
-- 125: the wrapper itself could not run (it cannot create FILE.lock, or a result left in FILE by \
-an earlier run in the same pod cannot be removed); CMD is not started.
+- 125: the wrapper itself could not start (bad arguments); CMD is not started.
+- When FILE.lock cannot be created, or a result left in FILE by an earlier run in the same pod \
+cannot be removed, the wrapper says so in one ERROR line and runs CMD anyway: the notifier must \
+never decide whether a backup runs. Its notification then rests on what FILE holds at SIGTERM.
 
 Works as PID 1: it also reaps orphaned processes while CMD runs.")]
 pub struct ExecArgs {
@@ -151,6 +153,11 @@ during a send does not cut the send short.
 - container: for a regular container beside the backup container. Waits for FILE or the release \
 of FILE.lock, decides, sends, exits.
 
+With --restart-policy OnFailure (the pod's restartPolicy) the kubelet restarts a failed backup \
+container in the same pod, so a failure is not final: the notifier waits for the next attempt \
+and sends success as soon as one succeeds, or failure when SIGTERM arrives (the Job gave up: its \
+backoffLimit or activeDeadlineSeconds was reached and the pod is being stopped).
+
 Delivery: exactly one HTTP/1.1 POST with Content-Type: application/json and the four-key payload \
 (status, message, host, volume); no retries; redirects are not followed (a 3xx is a failure); \
 the timeout covers DNS, connect, TLS and the response. Before connecting, the URL and every \
@@ -195,6 +202,10 @@ pub struct NotifyArgs {
     /// sidecar or container.
     #[arg(long, env = env::MODE, value_name = "MODE", default_value = "sidecar")]
     pub mode: String,
+    /// The backup pod's restartPolicy, Never or OnFailure. With OnFailure the kubelet restarts a
+    /// failed backup container in the same pod, so a failure is final only when the pod ends.
+    #[arg(long, env = env::RESTART_POLICY, value_name = "POLICY", default_value = "Never")]
+    pub restart_policy: String,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 }
@@ -208,6 +219,17 @@ impl NotifyArgs {
             .parse::<Mode>()
             .map_err(|e| problems.push(format!("{} (--mode): {e}", env::MODE)))
             .ok();
+        let retried_in_place = match self.restart_policy.as_str() {
+            "Never" | "" => false,
+            "OnFailure" => true,
+            other => {
+                problems.push(format!(
+                    "{} (--restart-policy): unknown restart policy {other:?}: expected Never or OnFailure",
+                    env::RESTART_POLICY
+                ));
+                false
+            }
+        };
         let kind = match non_empty(&self.kind) {
             Some(k) => k
                 .parse::<BackupKind>()
@@ -249,6 +271,7 @@ impl NotifyArgs {
                         failure_url: non_empty(&self.failure_url).map(str::to_owned),
                         files: StepFiles::for_result(result),
                         mode,
+                        retried_in_place,
                     },
                     client,
                 ))

@@ -30,8 +30,8 @@ pub const FORWARDED_SIGNALS: [libc::c_int; 6] = [
     libc::SIGUSR2,
 ];
 
-/// The wrapper itself could not set up (its lock or result file): like `env`, `timeout` and
-/// `docker run`, 125 keeps the wrapper's own failure apart from the command's codes.
+/// The wrapper itself could not start (bad arguments, signals it cannot block): like `env`,
+/// `timeout` and `docker run`, 125 keeps the wrapper's own failure apart from the command's codes.
 pub const EXIT_WRAPPER_ERROR: u8 = 125;
 /// The command exists but cannot be executed (the shell's convention).
 pub const EXIT_NOT_EXECUTABLE: i32 = 126;
@@ -57,15 +57,19 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     // Blocked before the child exists, so no signal between spawn and the first sigwait is lost.
     let set = SignalSet::block(&handled).context("blocking signals")?;
 
-    let _lock = LivenessLock::acquire(&files.lock)?;
+    // The backup runs whatever happens to the notifier's files: a notification must never
+    // decide whether a backup is made. Without the lock a sidecar notifier decides at SIGTERM,
+    // from whatever result there is then.
+    let _lock = LivenessLock::acquire(&files.lock)
+        .map_err(|e| error!("backup-notifier exec: {e:#}; running the command anyway"))
+        .ok();
     // A result left by an earlier run in the same pod (a restarted container) must not be read
     // as this run's.
     match std::fs::remove_file(&files.result) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| {
-                format!("removing the old result file {}", files.result.display())
-            });
-        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => error!(
+            "backup-notifier exec: removing the old result file {}: {e}; running the command anyway",
+            files.result.display()
+        ),
         _ => {}
     }
 

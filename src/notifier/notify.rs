@@ -14,7 +14,7 @@ use super::deliver::{Client, deliver_logged};
 use super::exec::signal_name;
 use super::files::StepFiles;
 use super::result::{StepResult, now_rfc3339};
-use super::wait::{Mode, TermSignals, Trigger, wait_for_step};
+use super::wait::{Mode, TermSignals, Trigger, wait_for_retry, wait_for_step};
 
 /// Everything `notify` needs besides the client.
 #[derive(Clone, Debug)]
@@ -26,6 +26,9 @@ pub struct NotifyConfig {
     pub failure_url: Option<String>,
     pub files: StepFiles,
     pub mode: Mode,
+    /// The pod's restartPolicy is OnFailure: the kubelet reruns a failed backup container in
+    /// the same pod, so only SIGTERM (the Job gave up on the pod) makes a failure final.
+    pub retried_in_place: bool,
 }
 
 impl NotifyConfig {
@@ -40,8 +43,24 @@ impl NotifyConfig {
 /// The whole of `notify` once the configuration is valid. Never fails: delivery must not change
 /// the Job's outcome, so every problem ends up as a log line.
 pub async fn run(cfg: &NotifyConfig, client: &Client, signals: &mut TermSignals) {
-    let trigger = wait_for_step(&cfg.files, cfg.mode, signals).await;
-    let (outcome, why) = decide(&cfg.files, trigger);
+    let mut trigger = wait_for_step(&cfg.files, cfg.mode, signals).await;
+    let (outcome, why) = loop {
+        let read = StepResult::read(&cfg.files.result);
+        // What a retry must differ from; an unreadable result is nothing to compare with.
+        let failed = read.as_ref().ok().cloned().flatten();
+        let (outcome, why) = decide_on(read, trigger);
+        if !(cfg.retried_in_place && trigger == Trigger::Finished && outcome == Outcome::Failure) {
+            break (outcome, why);
+        }
+        info!(
+            "backup attempt {why}; the pod's restartPolicy is OnFailure, so the kubelet runs it \
+             again: waiting for that attempt (or for the Job to stop the pod) before sending"
+        );
+        trigger = match wait_for_retry(&cfg.files, failed.as_ref(), signals).await {
+            Some(terminated) => terminated,
+            None => wait_for_step(&cfg.files, cfg.mode, signals).await,
+        };
+    };
     info!(outcome = outcome.as_str(), "backup {why}");
     send_once(cfg, client, outcome).await;
     if cfg.mode == Mode::Sidecar && trigger == Trigger::Finished {
@@ -52,7 +71,12 @@ pub async fn run(cfg: &NotifyConfig, client: &Client, signals: &mut TermSignals)
 
 /// Success if and only if a result exists and its exit code is 0.
 pub fn decide(files: &StepFiles, trigger: Trigger) -> (Outcome, String) {
-    match StepResult::read(&files.result) {
+    decide_on(StepResult::read(&files.result), trigger)
+}
+
+/// [`decide`] on a result already read.
+fn decide_on(read: anyhow::Result<Option<StepResult>>, trigger: Trigger) -> (Outcome, String) {
+    match read {
         Ok(Some(r)) => (r.outcome(), describe(&r)),
         Ok(None) => (
             Outcome::Failure,

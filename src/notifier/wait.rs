@@ -10,6 +10,7 @@ use tracing::warn;
 
 use super::files::StepFiles;
 use super::lock::{self, LockState};
+use super::result::StepResult;
 
 /// How the notifier runs beside the backup container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +112,36 @@ pub async fn wait_for_step(files: &StepFiles, mode: Mode, signals: &mut TermSign
             _ = tick.tick() => {
                 if step_ended(files, mode, &mut warned) {
                     return Trigger::Finished;
+                }
+            }
+        }
+    }
+}
+
+/// After a failed attempt in a pod whose failed containers the kubelet restarts in place: waits
+/// until the next attempt has begun or ended, or a termination signal arrives, which is
+/// returned. `exec` removes the old result as it starts, so a result other than `failed` means
+/// a new attempt, even one that started and ended between two polls. The lock alone says so only
+/// when the failed attempt left no result: in container mode the failed attempt's own wrapper
+/// may still hold it for a moment after writing its result.
+pub async fn wait_for_retry(
+    files: &StepFiles,
+    failed: Option<&StepResult>,
+    signals: &mut TermSignals,
+) -> Option<Trigger> {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            name = signals.recv() => return Some(Trigger::Terminated(name)),
+            _ = tick.tick() => {
+                let held = matches!(lock::probe(&files.lock), Ok(LockState::Held));
+                // An unreadable result counts as unchanged: the next poll, or SIGTERM, decides.
+                let changed = StepResult::read(&files.result)
+                    .is_ok_and(|now| now.as_ref() != failed);
+                if changed || (held && failed.is_none()) {
+                    return None;
                 }
             }
         }
