@@ -32,9 +32,14 @@ pub struct WebhookSettings {
     pub endpoint: Endpoint,
     /// PEM of the CA that signed the serving certificate; `None` leaves it to be injected.
     pub ca_bundle: Option<Vec<u8>>,
-    /// Namespaces whose objects are never sent to the webhooks (the operator's own, so it can
-    /// always repair itself, and kube-system).
+    /// Namespaces whose objects are never sent to the webhooks ([`excluded_namespaces`]).
     pub excluded_namespaces: Vec<String>,
+}
+
+/// Namespaces whose objects the webhooks never see: the operator's own, so that it can always
+/// repair itself, and kube-system. The controller names them in a backup's status.
+pub fn excluded_namespaces(operator_namespace: &str) -> Vec<String> {
+    vec![operator_namespace.to_owned(), "kube-system".to_owned()]
 }
 
 impl WebhookSettings {

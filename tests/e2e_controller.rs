@@ -298,6 +298,54 @@ async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
     .unwrap();
 }
 
+/// The operator's own namespace is excluded from its webhooks (so that it can always repair
+/// itself): a backup there runs without a notifier, and its status says why instead of blaming
+/// a webhook outage.
+#[tokio::test]
+async fn a_backup_in_a_namespace_the_webhooks_exclude_says_so() {
+    let cp = cluster(Mode::Full, &[]).cp;
+    let client = cp.client().await;
+    let ns = "backup-operator-system";
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    apply(
+        cp,
+        &manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false)
+            .replace("name: my-backup,", "name: excluded-backup,")
+            // Its own repository: a shared one would give other tests' backups an init delay.
+            .replace("s3.example.com/restic", "s3.example.com/excluded"),
+    );
+    let vb = wait_for("NotifierInjected=False NamespaceExcluded", WAIT, || async {
+        let vb = vbs.get("excluded-backup").await?;
+        let injected = condition(&vb, "NotifierInjected");
+        anyhow::ensure!(
+            injected == Some(("False".into(), "NamespaceExcluded".into())),
+            "NotifierInjected is {injected:?}"
+        );
+        Ok(vb)
+    })
+    .await
+    .unwrap();
+    let message = &vb
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "NotifierInjected")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains(
+            "namespace backup-operator-system is excluded from the operator's admission webhooks"
+        ),
+        "{message}"
+    );
+    wait_for_event(&client, ns, "NamespaceExcluded", Some("Warning"), WAIT).await;
+    vbs.delete("excluded-backup", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 /// The backup container's value of `var` in the stored CronJob.
 fn backup_env(cj: &CronJob, var: &str) -> Option<String> {
     let pod = job_template::pod_spec(cj)?;

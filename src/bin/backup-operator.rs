@@ -132,7 +132,7 @@ fn run(command: Command) -> Result<()> {
             let settings = webhook_config::WebhookSettings {
                 endpoint,
                 ca_bundle,
-                excluded_namespaces: vec![a.namespace, "kube-system".into()],
+                excluded_namespaces: webhook_config::excluded_namespaces(&a.namespace),
             };
             emit(&webhook_config::yaml(&settings)?)
         }

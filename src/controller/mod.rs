@@ -120,6 +120,7 @@ pub async fn run(
             backups: backups.clone(),
             secrets_unreadable: Default::default(),
             term_end: term_end.clone(),
+            excluded_namespaces: crate::webhook_config::excluded_namespaces(&args.lease_namespace),
         })
     };
     let mut stop_wait = stop.clone();

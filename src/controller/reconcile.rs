@@ -43,6 +43,8 @@ pub struct Context {
     pub secrets_unreadable: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The end of the leadership term this context belongs to.
     pub term_end: super::TermEnd,
+    /// Namespaces the admission webhooks never see, so backups there never get the notifier.
+    pub excluded_namespaces: Vec<String>,
 }
 
 impl Context {
@@ -428,13 +430,24 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         let injected = serde_json::to_value(stored)
             .map_err(|e| e.to_string())
             .and_then(|v| inject::inspect(&v));
-        notifier_missing = injected.is_err();
+        let excluded = ctx.excluded_namespaces.contains(&ns);
+        // Nothing to wait for where no webhook ever acts.
+        notifier_missing = injected.is_err() && !excluded;
         observed.push(match injected {
             Ok(()) => Observed::new(
                 status::NOTIFIER_INJECTED,
                 true,
                 "NotifierInjected",
                 "the CronJob's pod template carries the notifier",
+            ),
+            // "Was the webhook unavailable?" would send people looking for an outage.
+            Err(_) if excluded => Observed::new(
+                status::NOTIFIER_INJECTED,
+                false,
+                "NamespaceExcluded",
+                format!(
+                    "namespace {ns} is excluded from the operator's admission webhooks (its own namespace and kube-system are, so that it can always repair itself): backups here get no notifier and their webhook URLs are not checked; create them in another namespace"
+                ),
             ),
             Err(why) => Observed::new(status::NOTIFIER_INJECTED, false, "NotifierMissing", why),
         });
