@@ -171,6 +171,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let policy = UrlPolicy::from(args.policy.clone());
     let injector = InjectorConfig::new(&args.injector, policy.to_env());
+    if injector.image == crate::inject::DEFAULT_NOTIFIER_IMAGE {
+        tracing::warn!(
+            image = %injector.image,
+            "--notifier-image is not set, and no image is published under its default: backup pods will not start until it names the image you built (manifests/ set it to the operator's own)"
+        );
+    }
     let state = Arc::new(AdmissionState {
         policy,
         injector: injector.clone(),

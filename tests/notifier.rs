@@ -737,11 +737,13 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
             r.stderr
         );
 
-        // Two failures, the second starting and ending between two looks, then SIGTERM.
+        // Two failures, the second (a bare `exit`) most likely starting and ending between two
+        // looks, then SIGTERM: both attempts are seen, and the last one is sent.
         let s = Scratch::new();
         let rx = Receiver::http(Reply::Status(200));
         let notifier = in_place(&s, mode, &rx);
         s.run_exec("exit 3").assert_code(3);
+        std::thread::sleep(Duration::from_millis(800));
         s.run_exec("exit 4").assert_code(4);
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(rx.count(), 0, "{mode}");
@@ -750,8 +752,51 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
         let r = notifier.finish(LIMIT);
         r.assert_code(0);
         sent(&rx, &r, "failure", mode);
+        assert_eq!(
+            r.stderr.matches("restartPolicy is OnFailure").count(),
+            2,
+            "{mode}: {}",
+            r.stderr
+        );
         assert!(
             r.stderr.contains("backup command exited with code 4"),
+            "{mode}: {}",
+            r.stderr
+        );
+
+        // An attempt killed before it could record anything (an OOM kill), then a success.
+        let s = Scratch::new();
+        let rx = Receiver::http(Reply::Status(200));
+        let notifier = in_place(&s, mode, &rx);
+        let pidfile = s.path().join("child.pid");
+        let wrapper = spawn(&mut s.exec_sh(&format!(
+            "echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 60",
+            p = pidfile.display()
+        )));
+        s.wait_locked();
+        wait_until(Duration::from_secs(10), || pidfile.exists());
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wrapper.signal(libc::SIGKILL);
+        // SAFETY: kills the orphaned `sleep`'s process group, which the test created.
+        unsafe { libc::kill(-child, libc::SIGKILL) };
+        drop(wrapper);
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(rx.count(), 0, "{mode}");
+        s.run_exec("sleep 0.5; exit 0").assert_code(0);
+        assert!(rx.wait_for(1, Duration::from_secs(10)), "{mode}");
+        if mode == "sidecar" {
+            notifier.wait_handles(libc::SIGTERM);
+            notifier.signal(libc::SIGTERM);
+        }
+        let r = notifier.finish(LIMIT);
+        r.assert_code(0);
+        sent(&rx, &r, "success", mode);
+        assert!(
+            r.stderr.contains("without recording a result") && r.stderr.contains("OnFailure"),
             "{mode}: {}",
             r.stderr
         );

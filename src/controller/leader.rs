@@ -103,14 +103,14 @@ fn record_duration(spec: &LeaseSpec, cfg: &LeaseConfig) -> Duration {
     })
 }
 
-/// Runs until `stop` turns true, publishing whether this process leads on `leading`. On stop
-/// the lease is released, so another replica takes over at once; the caller turns `stop` only
+/// Runs until `release` turns true, publishing whether this process leads on `leading`; then
+/// the lease is released, so another replica takes over at once. The caller turns `release` only
 /// once nothing of its term runs any more.
 pub async fn run(
     api: Api<Lease>,
     cfg: LeaseConfig,
     leading: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
+    mut release: watch::Receiver<bool>,
 ) {
     let mut observer = Observer::default();
     // While leading: when the last successful renewal was sent. The write landed after that,
@@ -123,12 +123,14 @@ pub async fn run(
         // A leader's attempt may not outlive its deadline: a renewal stuck in a slow apiserver
         // must not keep us leading past the point where a follower may take over.
         let budget = renewed.map_or(cfg.renew_deadline, deadline_left);
-        let outcome = tokio::time::timeout(
-            budget,
-            try_acquire_or_renew(&api, &cfg, &mut observer, sent),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Attempt::TimedOut(budget)));
+        // A renewal stuck in a slow apiserver must not hold up the release at shutdown either.
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(
+                budget,
+                try_acquire_or_renew(&api, &cfg, &mut observer, sent),
+            ) => outcome.unwrap_or_else(|_| Err(Attempt::TimedOut(budget))),
+            _ = release.wait_for(|r| *r) => break,
+        };
         match outcome {
             Ok(true) => {
                 if renewed.is_none() {
@@ -161,14 +163,23 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = release.wait_for(|r| *r) => break,
         }
     }
     if renewed.is_some() {
         let _ = leading.send(false);
-        release(&api, &cfg).await;
+        // Bounded: a replica that cannot release leaves the Lease to expire, as if it had died.
+        if tokio::time::timeout(RELEASE_TIMEOUT, release_lease(&api, &cfg))
+            .await
+            .is_err()
+        {
+            tracing::warn!(lease = %cfg.name, "could not release the lease in time; it expires by itself");
+        }
     }
 }
+
+/// Bounds the release at shutdown, which the whole drain must fit in.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 enum Attempt {
@@ -239,7 +250,7 @@ async fn try_acquire_or_renew(
     }
 }
 
-async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
+async fn release_lease(api: &Api<Lease>, cfg: &LeaseConfig) {
     let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else {
         return;
     };

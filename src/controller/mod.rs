@@ -77,11 +77,18 @@ fn identity(args: &ControllerArgs) -> String {
 /// deadline), or the process is stopping.
 pub type TermEnd = Shared<BoxFuture<'static, ()>>;
 
+/// How long the controllers get to stop after their term ended. Their reconciles stop at once;
+/// this bounds what does not: kube-runtime's runner, when the term ends before the first list of
+/// its kind completed (an unreachable apiserver, a missing CRD), waits for a store that is never
+/// ready. Well inside the 10 s `serve` gives the controller on SIGTERM, so the Lease is still
+/// released.
+const TERM_DRAIN: Duration = Duration::from_secs(3);
+
 /// Runs leader election and, while leading, both controllers; returns once `stop` turns true.
 ///
 /// A term's reconciles are dropped as soon as it ends (see [`reconcile::reconcile`]), and the
-/// Lease is released only after both controllers have stopped, so a replica never writes after
-/// another one may have taken over.
+/// Lease is released only after both controllers have stopped, so that a replica stops writing
+/// as soon as it knows its term is over, and never hands over while it still writes.
 pub async fn run(
     client: kube::Client,
     args: ControllerArgs,
@@ -153,7 +160,21 @@ pub async fn run(
         let vb = run_controller(vb, context(vb_jobs, &backups, &done), done.clone());
         let s3 = run_controller(s3, context(s3_jobs, &backups, &done), done.clone());
         let certs = rotate_certificates(client.clone(), rotation.clone(), done.clone());
-        tokio::join!(vb, s3, certs);
+        let term = async {
+            tokio::join!(vb, s3, certs);
+        };
+        let drain_bound = async {
+            done.clone().await;
+            tokio::time::sleep(TERM_DRAIN).await;
+        };
+        tokio::select! {
+            () = term => {}
+            // Dropping the controllers' streams aborts whatever of them still runs.
+            () = drain_bound => tracing::warn!(
+                bound = ?TERM_DRAIN,
+                "the controllers did not stop in time after the term ended; dropped them"
+            ),
+        }
         metrics.leader.set(0);
         // Only the leader's per-backup series are current; a follower that kept exporting its
         // last values would keep alerts firing (or silenced) for backups it no longer watches.
@@ -225,7 +246,12 @@ async fn rotate_certificates(
     let Some(cfg) = cfg else { return };
     tokio::pin!(done);
     loop {
-        let next = match crate::cert_rotation::reconcile(&client, &cfg).await {
+        // Abandoned with the term, like a reconcile: the next leader redoes it.
+        let outcome = tokio::select! {
+            outcome = crate::cert_rotation::reconcile(&client, &cfg) => outcome,
+            _ = &mut done => return,
+        };
+        let next = match outcome {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "certificate management failed; retrying");

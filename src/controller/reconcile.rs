@@ -201,7 +201,9 @@ impl Reconciled for S3Backup {
 /// backup command of a CronJob that was right, and a backup run then would report failure for
 /// nothing. The template hash catches what `desired` dropped (a removed time zone or URL), which
 /// the containment check, tolerant of the apiserver's defaults, cannot see.
-fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfig) -> bool {
+/// `injector` is `None` where no webhook acts (an excluded namespace): there the stored CronJob
+/// is what was applied, uninjected.
+fn already_applied(stored: &CronJob, desired: &CronJob, injector: Option<&InjectorConfig>) -> bool {
     let hash = |cj: &CronJob| cj.annotations().get(labels::TEMPLATE_HASH).cloned();
     if hash(desired).is_none() || hash(stored) != hash(desired) {
         return false;
@@ -210,9 +212,11 @@ fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfi
     else {
         return false;
     };
-    inject::mutate(desired, injector)
-        .object
-        .is_some_and(|expected| inject::patch::contains(&stored, &expected))
+    let expected = match injector {
+        Some(injector) => inject::mutate(desired, injector).object,
+        None => Some(desired),
+    };
+    expected.is_some_and(|expected| inject::patch::contains(&stored, &expected))
 }
 
 /// What the dependency checks found.
@@ -293,8 +297,9 @@ async fn check_dependencies(
 /// One reconcile, abandoned at its next step when the leadership term ends. Once this replica
 /// may have lost the Lease, another one may already be writing the same CronJob and status;
 /// kube-runtime's graceful shutdown would let the reconcile run to its end, each of its later
-/// writes then racing the new leader's. Dropping it closes its in-flight request, which also
-/// makes the apiserver give that request up; the new leader reconciles everything afresh.
+/// writes then racing the new leader's. Dropping it closes its in-flight request, which the
+/// apiserver then gives up too unless it has already stored it; the new leader reconciles
+/// everything afresh.
 pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let kind = K::KIND.as_str();
@@ -325,6 +330,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let kind = K::KIND.as_str();
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let excluded = ctx.excluded_namespaces.contains(&ns);
     let desired = job_template::cron_job(obj, &ctx.job_args, ctx.backups.init_delay(obj));
     let cj_name = desired.metadata.name.clone().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
@@ -350,7 +356,8 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         ));
         None
     } else {
-        let current = existing.filter(|cj| already_applied(cj, &desired, &ctx.injector));
+        let injector = Some(&ctx.injector).filter(|_| !excluded);
+        let current = existing.filter(|cj| already_applied(cj, &desired, injector));
         let applied = current.is_none();
         let stored = match current {
             Some(cj) => cj,
@@ -430,7 +437,6 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         let injected = serde_json::to_value(stored)
             .map_err(|e| e.to_string())
             .and_then(|v| inject::inspect(&v));
-        let excluded = ctx.excluded_namespaces.contains(&ns);
         // Nothing to wait for where no webhook ever acts.
         notifier_missing = injected.is_err() && !excluded;
         observed.push(match injected {
@@ -506,6 +512,22 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         last_failed_time,
         conditions,
     };
+    // Before the status: the events are derived from the status this reconcile read, so once
+    // the new status is stored nobody would publish them again. A failed or abandoned status
+    // write repeats some, which the recorder counts into the same event.
+    let reference = obj.object_ref(&());
+    for (type_, reason, note) in events {
+        let event = Event {
+            type_,
+            reason,
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(%kind, %ns, %name, error = %e, "could not publish an event");
+        }
+    }
     if new_status != previous {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
         api.patch_status(
@@ -543,19 +565,6 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
             last_job: last_job.map(|f| (f.succeeded, f.duration_secs.unwrap_or(0.0))),
         },
     );
-    let reference = obj.object_ref(&());
-    for (type_, reason, note) in events {
-        let event = Event {
-            type_,
-            reason,
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(%kind, %ns, %name, error = %e, "could not publish an event");
-        }
-    }
 
     Ok(if waiting || notifier_missing {
         // Back off while something is missing (re-applying also gives a mutating webhook that
@@ -614,4 +623,61 @@ async fn owned_jobs(
 pub fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %err, "reconcile failed; retrying in 15s");
     Action::requeue(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::VolumeBackupSpec;
+    use crate::inject::NotifierMode;
+
+    fn stored_and_desired(injected: bool) -> (CronJob, CronJob, InjectorConfig) {
+        let spec: VolumeBackupSpec = serde_json::from_value(serde_json::json!({
+            "volumeClaimRef": {"name": "data"},
+            "schedule": "0 3 * * *",
+            "repository": {"url": "/repo", "passwordSecretRef": {"name": "restic", "key": "pw"}},
+            "webhooks": {"success": "https://hooks.example.com/ok"}
+        }))
+        .unwrap();
+        let mut vb = VolumeBackup::new("nightly", spec);
+        vb.metadata.namespace = Some("team-a".into());
+        vb.metadata.uid = Some("uid-1".into());
+        let args = JobArgs {
+            restic_image: "restic:test".into(),
+            rclone_image: "rclone:test".into(),
+            backup_deadline: Duration::from_secs(3600),
+        };
+        let injector = InjectorConfig {
+            image: "operator:test".into(),
+            mode: NotifierMode::Sidecar,
+            timeout: Duration::from_secs(10),
+            resources: serde_json::json!({"requests": {"cpu": "10m"}}),
+            policy_env: Vec::new(),
+            ca: None,
+        };
+        let desired = job_template::cron_job(&vb, &args, Duration::ZERO);
+        let stored = if injected {
+            let object = inject::mutate(serde_json::to_value(&desired).unwrap(), &injector)
+                .object
+                .unwrap();
+            serde_json::from_value(object).unwrap()
+        } else {
+            desired.clone()
+        };
+        (stored, desired, injector)
+    }
+
+    /// Where the webhooks act, a CronJob without the notifier is re-applied (which lets a
+    /// webhook that is back inject it); where none acts, the plain CronJob is the finished one.
+    #[test]
+    fn a_cron_job_counts_as_applied_with_the_notifier_or_where_no_webhook_acts() {
+        let (injected, desired, injector) = stored_and_desired(true);
+        assert!(already_applied(&injected, &desired, Some(&injector)));
+        let (plain, desired, injector) = stored_and_desired(false);
+        assert!(!already_applied(&plain, &desired, Some(&injector)));
+        assert!(already_applied(&plain, &desired, None));
+        let mut changed = plain.clone();
+        changed.spec.as_mut().unwrap().schedule = "0 4 * * *".into();
+        assert!(!already_applied(&changed, &desired, None));
+    }
 }

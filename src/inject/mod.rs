@@ -88,11 +88,16 @@ impl NotifierMode {
     }
 }
 
+/// `--notifier-image` when neither it nor its variable is set. Nothing is published under this
+/// name, so `serve` warns when it is in use: `manifests/` set the operator's own image instead.
+pub const DEFAULT_NOTIFIER_IMAGE: &str =
+    concat!("ghcr.io/bnerd/backup-operator:", env!("CARGO_PKG_VERSION"));
+
 /// The mutating webhook's flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct InjectorArgs {
     /// Image holding /usr/local/bin/backup-notifier (normally the operator's own image).
-    #[arg(long, env = "BACKUP_OPERATOR_NOTIFIER_IMAGE", default_value = concat!("ghcr.io/bnerd/backup-operator:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "BACKUP_OPERATOR_NOTIFIER_IMAGE", default_value = DEFAULT_NOTIFIER_IMAGE)]
     pub notifier_image: String,
     /// How the notifier runs beside the backup container.
     #[arg(long, value_enum, default_value_t = NotifierMode::Sidecar)]
@@ -245,6 +250,11 @@ fn pod_spec(cron_job: &Value) -> &Value {
     POD_SPEC.iter().fold(cron_job, |v, key| &v[*key])
 }
 
+/// The CronJob's Job spec (`Null` when the object has none).
+fn job_spec(cron_job: &Value) -> &Value {
+    JOB_SPEC.iter().fold(cron_job, |v, key| &v[*key])
+}
+
 /// Computes the patch for a labelled CronJob (`cron_job` is the object as JSON; it becomes the
 /// patch's working copy, so the caller's object is not copied).
 pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
@@ -303,7 +313,7 @@ pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
 
     let retried_in_place = pod_spec(&cron_job)["restartPolicy"] == "OnFailure";
     if !retried_in_place {
-        let limit = JOB_SPEC.iter().fold(&cron_job, |v, key| &v[*key])["backoffLimit"].as_u64();
+        let limit = job_spec(&cron_job)["backoffLimit"].as_u64();
         let retries = match limit {
             Some(0) => None,
             Some(n) => Some(format!("backoffLimit is {n}")),

@@ -91,10 +91,13 @@ then renamed into place). The kernel releases it however the wrapper ends, so a 
 finds it released but no result knows the wrapper was killed (e.g. by the OOM killer).
 - A CMD that does not exist exits 127, one that cannot be executed 126; both with a one-line \
 error and a failure result in FILE.
-- 125: the wrapper itself could not start (bad arguments); CMD is not started.
+- 125: the wrapper itself failed: bad arguments (CMD is not started), or it could not block, \
+wait for or reap signals and children.
 - When FILE.lock cannot be created, or a result left in FILE by an earlier run in the same pod \
 cannot be removed, the wrapper says so in one ERROR line and runs CMD anyway: the notifier must \
-never decide whether a backup runs. Its notification then rests on what FILE holds at SIGTERM.
+never decide whether a backup runs. Without the lock a sidecar notifier decides at SIGTERM from \
+what FILE holds then; a container-mode notifier waits for FILE, so a CMD killed before writing it \
+leaves the pod running until the Job's deadline.
 
 Works as PID 1: it also reaps orphaned processes while CMD runs.")]
 pub struct ExecArgs {
@@ -155,8 +158,9 @@ of FILE.lock, decides, sends, exits.
 
 With --restart-policy OnFailure (the pod's restartPolicy) the kubelet restarts a failed backup \
 container in the same pod, so a failure is not final: the notifier waits for the next attempt \
-and sends success as soon as one succeeds, or failure when SIGTERM arrives (the Job gave up: its \
-backoffLimit or activeDeadlineSeconds was reached and the pod is being stopped).
+and sends success as soon as one succeeds, or failure when SIGTERM arrives (the pod is being \
+stopped: the Job reached its backoffLimit or activeDeadlineSeconds, or the pod was evicted or \
+deleted, after which the Job's next pod, if any, notifies on its own).
 
 Delivery: exactly one HTTP/1.1 POST with Content-Type: application/json and the four-key payload \
 (status, message, host, volume); no retries; redirects are not followed (a 3xx is a failure); \

@@ -30,8 +30,9 @@ pub const FORWARDED_SIGNALS: [libc::c_int; 6] = [
     libc::SIGUSR2,
 ];
 
-/// The wrapper itself could not start (bad arguments, signals it cannot block): like `env`,
-/// `timeout` and `docker run`, 125 keeps the wrapper's own failure apart from the command's codes.
+/// The wrapper itself failed (bad arguments, or blocking, waiting for or reaping signals and
+/// children): like `env`, `timeout` and `docker run`, 125 keeps the wrapper's own failure apart
+/// from the command's codes.
 pub const EXIT_WRAPPER_ERROR: u8 = 125;
 /// The command exists but cannot be executed (the shell's convention).
 pub const EXIT_NOT_EXECUTABLE: i32 = 126;
@@ -61,7 +62,7 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     // decide whether a backup is made. Without the lock a sidecar notifier decides at SIGTERM,
     // from whatever result there is then.
     let _lock = LivenessLock::acquire(&files.lock)
-        .map_err(|e| error!("backup-notifier exec: {e:#}; running the command anyway"))
+        .inspect_err(|e| error!("backup-notifier exec: {e:#}; running the command anyway"))
         .ok();
     // A result left by an earlier run in the same pod (a restarted container) must not be read
     // as this run's.

@@ -48,7 +48,7 @@ pub async fn run(cfg: &NotifyConfig, client: &Client, signals: &mut TermSignals)
         let read = StepResult::read(&cfg.files.result);
         // What a retry must differ from; an unreadable result is nothing to compare with.
         let failed = read.as_ref().ok().cloned().flatten();
-        let (outcome, why) = decide_on(read, trigger);
+        let (outcome, why) = decide(read, trigger);
         if !(cfg.retried_in_place && trigger == Trigger::Finished && outcome == Outcome::Failure) {
             break (outcome, why);
         }
@@ -69,13 +69,8 @@ pub async fn run(cfg: &NotifyConfig, client: &Client, signals: &mut TermSignals)
     }
 }
 
-/// Success if and only if a result exists and its exit code is 0.
-pub fn decide(files: &StepFiles, trigger: Trigger) -> (Outcome, String) {
-    decide_on(StepResult::read(&files.result), trigger)
-}
-
-/// [`decide`] on a result already read.
-fn decide_on(read: anyhow::Result<Option<StepResult>>, trigger: Trigger) -> (Outcome, String) {
+/// Success if and only if a result was read and its exit code is 0.
+fn decide(read: anyhow::Result<Option<StepResult>>, trigger: Trigger) -> (Outcome, String) {
     match read {
         Ok(Some(r)) => (r.outcome(), describe(&r)),
         Ok(None) => (
@@ -193,9 +188,16 @@ mod tests {
     fn no_result_is_a_failure_and_exit_code_zero_alone_is_success() {
         let dir = tempfile::tempdir().unwrap();
         let files = StepFiles::for_result(dir.path().join("r.json"));
-        assert_eq!(decide(&files, Trigger::Finished).0, Outcome::Failure);
         assert_eq!(
-            decide(&files, Trigger::Terminated("SIGTERM")).0,
+            decide(StepResult::read(&files.result), Trigger::Finished).0,
+            Outcome::Failure
+        );
+        assert_eq!(
+            decide(
+                StepResult::read(&files.result),
+                Trigger::Terminated("SIGTERM")
+            )
+            .0,
             Outcome::Failure
         );
         let mut r = StepResult {
@@ -206,11 +208,18 @@ mod tests {
             error: None,
         };
         r.write(&files.result).unwrap();
-        assert_eq!(decide(&files, Trigger::Finished).0, Outcome::Success);
+        assert_eq!(
+            decide(StepResult::read(&files.result), Trigger::Finished).0,
+            Outcome::Success
+        );
         r.exit_code = 1;
         r.write(&files.result).unwrap();
         assert_eq!(
-            decide(&files, Trigger::Terminated("SIGTERM")).0,
+            decide(
+                StepResult::read(&files.result),
+                Trigger::Terminated("SIGTERM")
+            )
+            .0,
             Outcome::Failure
         );
     }
