@@ -19,19 +19,6 @@ async fn metric(op: &Operator, name: &str) -> f64 {
     fixtures::metric(op.admin, name).await
 }
 
-fn volume_backup(ns: &str, name: &str) -> String {
-    format!(
-        r#"apiVersion: backups.k8s.bnerd.com/v1
-kind: VolumeBackup
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  volumeClaimRef: {{name: data}}
-  schedule: "0 3 * * *"
-  repository: {{url: /repo, passwordSecretRef: {{name: restic, key: password}}}}
-"#
-    )
-}
-
 #[tokio::test]
 async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     let cp = ControlPlane::shared();
@@ -83,7 +70,7 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     let out = kubectl_stdin(
         cp,
         &["apply", "-f", "-"],
-        &volume_backup(ns.name(), "first"),
+        &fixtures::volume_backup_yaml(ns.name(), "first"),
     );
     assert!(
         out.status.success(),
@@ -183,7 +170,7 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     let out = kubectl_stdin(
         cp,
         &["apply", "-f", "-"],
-        &volume_backup(ns.name(), "second"),
+        &fixtures::volume_backup_yaml(ns.name(), "second"),
     );
     assert!(out.status.success());
     wait_for(

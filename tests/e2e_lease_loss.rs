@@ -127,19 +127,6 @@ async fn wait_until_webhook_called(cp: &ControlPlane, ns: &str, conns: &Connecti
     }
 }
 
-fn volume_backup(ns: &str, name: &str) -> String {
-    format!(
-        r#"apiVersion: backups.k8s.bnerd.com/v1
-kind: VolumeBackup
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  volumeClaimRef: {{name: data}}
-  schedule: "0 3 * * *"
-  repository: {{url: /repo, passwordSecretRef: {{name: restic, key: password}}}}
-"#
-    )
-}
-
 const LEASE_NAME: &str = "lease-loss-leader";
 
 fn replica(cp: &ControlPlane, cert: &Path, key: &Path, identity: &str) -> Operator {
@@ -333,7 +320,7 @@ async fn a_leader_whose_term_ends_abandons_its_reconcile() {
     let out = kubectl_stdin(
         scene.cp,
         &["apply", "-f", "-"],
-        &volume_backup(&scene.ns, "held"),
+        &fixtures::volume_backup_yaml(&scene.ns, "held"),
     );
     assert!(
         out.status.success(),

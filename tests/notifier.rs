@@ -648,31 +648,9 @@ fn a_wrapper_killed_by_sigkill_is_reported_as_failure_in_both_modes() {
         let s = Scratch::new();
         let rx = Receiver::http(Reply::Status(200));
         let notify = spawn(with_urls(&mut s.notify(mode), &rx));
-        let pidfile = s.path().join("child.pid");
-        let wrapper = spawn(&mut s.exec_sh(&format!(
-            "echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 60",
-            p = pidfile.display()
-        )));
-        s.wait_locked();
-        wait_until(Duration::from_secs(10), || pidfile.exists());
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-
-        wrapper.signal(libc::SIGKILL);
+        s.kill_an_attempt_without_result();
         assert!(rx.wait_for(1, Duration::from_secs(10)), "{mode}");
-        // SAFETY: kills the orphaned `sleep`'s process group, which the test created.
-        unsafe { libc::kill(-child, libc::SIGKILL) };
-        drop(wrapper);
-
-        if mode == "sidecar" {
-            notify.wait_handles(libc::SIGTERM);
-            notify.signal(libc::SIGTERM);
-        }
-        let r = notify.finish(LIMIT);
-        r.assert_code(0);
+        let r = notify.end_notifier(mode);
         assert!(!s.result().exists());
         let reqs = rx.requests();
         assert_eq!(reqs.len(), 1, "{mode}: {}", r.stderr);
@@ -724,12 +702,7 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
         assert!(notifier.running(), "{mode}");
         s.run_exec("sleep 0.3; exit 0").assert_code(0);
         assert!(rx.wait_for(1, Duration::from_secs(10)), "{mode}");
-        if mode == "sidecar" {
-            notifier.wait_handles(libc::SIGTERM);
-            notifier.signal(libc::SIGTERM);
-        }
-        let r = notifier.finish(LIMIT);
-        r.assert_code(0);
+        let r = notifier.end_notifier(mode);
         sent(&rx, &r, "success", mode);
         assert!(
             r.stderr.contains("exited with code 3") && r.stderr.contains("OnFailure"),
@@ -747,6 +720,7 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
         s.run_exec("exit 4").assert_code(4);
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(rx.count(), 0, "{mode}");
+        // In both modes only SIGTERM ends the wait after a failure.
         notifier.wait_handles(libc::SIGTERM);
         notifier.signal(libc::SIGTERM);
         let r = notifier.finish(LIMIT);
@@ -768,32 +742,12 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
         let s = Scratch::new();
         let rx = Receiver::http(Reply::Status(200));
         let notifier = in_place(&s, mode, &rx);
-        let pidfile = s.path().join("child.pid");
-        let wrapper = spawn(&mut s.exec_sh(&format!(
-            "echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 60",
-            p = pidfile.display()
-        )));
-        s.wait_locked();
-        wait_until(Duration::from_secs(10), || pidfile.exists());
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        wrapper.signal(libc::SIGKILL);
-        // SAFETY: kills the orphaned `sleep`'s process group, which the test created.
-        unsafe { libc::kill(-child, libc::SIGKILL) };
-        drop(wrapper);
+        s.kill_an_attempt_without_result();
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(rx.count(), 0, "{mode}");
         s.run_exec("sleep 0.5; exit 0").assert_code(0);
         assert!(rx.wait_for(1, Duration::from_secs(10)), "{mode}");
-        if mode == "sidecar" {
-            notifier.wait_handles(libc::SIGTERM);
-            notifier.signal(libc::SIGTERM);
-        }
-        let r = notifier.finish(LIMIT);
-        r.assert_code(0);
+        let r = notifier.end_notifier(mode);
         sent(&rx, &r, "success", mode);
         assert!(
             r.stderr.contains("without recording a result") && r.stderr.contains("OnFailure"),
@@ -809,9 +763,7 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
     s.run_exec("exit 3").assert_code(3);
     s.run_exec("exit 0").assert_code(0);
     assert!(rx.wait_for(1, Duration::from_secs(10)));
-    notifier.wait_handles(libc::SIGTERM);
-    notifier.signal(libc::SIGTERM);
-    let r = notifier.finish(LIMIT);
+    let r = notifier.end_notifier("sidecar");
     sent(&rx, &r, "success", "sidecar");
 }
 

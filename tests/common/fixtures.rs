@@ -123,3 +123,18 @@ pub async fn job_failed(client: &kube::Client, ns: &str, cj: &CronJob) {
     .await
     .unwrap();
 }
+
+/// A minimal VolumeBackup manifest (claim `data`, repository `/repo`, Secret `restic`), for tests
+/// about the controller rather than the backup.
+pub fn volume_backup_yaml(ns: &str, name: &str) -> String {
+    format!(
+        r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  volumeClaimRef: {{name: data}}
+  schedule: "0 3 * * *"
+  repository: {{url: /repo, passwordSecretRef: {{name: restic, key: password}}}}
+"#
+    )
+}

@@ -155,6 +155,18 @@ impl Proc {
 
     /// Waits at most `limit`; a process still running then is killed and the test fails, so a
     /// hang can never stall the suite.
+    /// Ends a `notify` process as its pod would: a sidecar by SIGTERM, a container by itself;
+    /// it exits 0 either way.
+    pub fn end_notifier(self, mode: &str) -> Run {
+        if mode == "sidecar" {
+            self.wait_handles(libc::SIGTERM);
+            self.signal(libc::SIGTERM);
+        }
+        let r = self.finish(Duration::from_secs(20));
+        r.assert_code(0);
+        r
+    }
+
     pub fn finish(mut self, limit: Duration) -> Run {
         let deadline = self.started + limit;
         let status = loop {
@@ -254,6 +266,27 @@ impl Scratch {
             .env("NOTIFY_VOLUME", "my-data-pvc")
             .env("NOTIFY_RESULT", self.result())
             .env("NOTIFY_MODE", mode);
+    }
+
+    /// What an OOM kill of the backup container leaves: a wrapper (running `sleep 60`) killed
+    /// by SIGKILL without writing a result, its lock released by the kernel. The orphaned
+    /// command goes too.
+    pub fn kill_an_attempt_without_result(&self) {
+        let pidfile = self.path().join("child.pid");
+        let wrapper = spawn(&mut self.exec_sh(&format!(
+            "echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 60",
+            p = pidfile.display()
+        )));
+        self.wait_locked();
+        wait_until(Duration::from_secs(10), || pidfile.exists());
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wrapper.signal(libc::SIGKILL);
+        // SAFETY: kills the orphaned `sleep`'s process group, which the test created.
+        unsafe { libc::kill(-child, libc::SIGKILL) };
     }
 
     /// Waits until the wrapper holds its liveness lock.
