@@ -677,10 +677,14 @@ fn a_wrapper_killed_by_sigkill_is_reported_as_failure_in_both_modes() {
 /// first success, or, when the Job gives up and the pod is stopped (SIGTERM), the last failure.
 #[test]
 fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
-    let in_place = |s: &Scratch, mode: &str, rx: &Receiver| {
+    // A scratch volume, a receiver, and a notifier told that its pod retries in place.
+    let in_place = |mode: &str| {
+        let s = Scratch::new();
+        let rx = Receiver::http(Reply::Status(200));
         let mut cmd = s.notify(mode);
-        with_urls(&mut cmd, rx).env("NOTIFY_RESTART_POLICY", "OnFailure");
-        spawn(&mut cmd)
+        with_urls(&mut cmd, &rx).env("NOTIFY_RESTART_POLICY", "OnFailure");
+        let notifier = spawn(&mut cmd);
+        (s, rx, notifier)
     };
     let sent = |rx: &Receiver, r: &Run, status: &str, mode: &str| {
         let reqs = rx.requests();
@@ -689,9 +693,7 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
     };
     for mode in ["sidecar", "container"] {
         // A failure, then a success.
-        let s = Scratch::new();
-        let rx = Receiver::http(Reply::Status(200));
-        let mut notifier = in_place(&s, mode, &rx);
+        let (s, rx, mut notifier) = in_place(mode);
         s.run_exec("exit 3").assert_code(3);
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(
@@ -712,9 +714,7 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
 
         // Two failures, the second (a bare `exit`) most likely starting and ending between two
         // looks, then SIGTERM: both attempts are seen, and the last one is sent.
-        let s = Scratch::new();
-        let rx = Receiver::http(Reply::Status(200));
-        let notifier = in_place(&s, mode, &rx);
+        let (s, rx, notifier) = in_place(mode);
         s.run_exec("exit 3").assert_code(3);
         std::thread::sleep(Duration::from_millis(800));
         s.run_exec("exit 4").assert_code(4);
@@ -739,9 +739,7 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
         );
 
         // An attempt killed before it could record anything (an OOM kill), then a success.
-        let s = Scratch::new();
-        let rx = Receiver::http(Reply::Status(200));
-        let notifier = in_place(&s, mode, &rx);
+        let (s, rx, notifier) = in_place(mode);
         s.kill_an_attempt_without_result();
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(rx.count(), 0, "{mode}");
@@ -757,9 +755,7 @@ fn with_in_place_retries_only_the_attempt_that_ends_the_run_is_sent() {
     }
 
     // A failure and a success in quick succession end in one success notification.
-    let s = Scratch::new();
-    let rx = Receiver::http(Reply::Status(200));
-    let notifier = in_place(&s, "sidecar", &rx);
+    let (s, rx, notifier) = in_place("sidecar");
     s.run_exec("exit 3").assert_code(3);
     s.run_exec("exit 0").assert_code(0);
     assert!(rx.wait_for(1, Duration::from_secs(10)));

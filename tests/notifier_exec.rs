@@ -109,12 +109,7 @@ fn sigterm_reaches_the_whole_group_and_death_by_it_is_143() {
         ready = ready.display()
     );
     let p = spawn(&mut s.exec_sh(&script));
-    wait_until(Duration::from_secs(10), || ready.exists());
-    let grandchild: i32 = std::fs::read_to_string(&ready)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let grandchild = wait_for_pid(&ready);
     p.signal(libc::SIGTERM);
     let r = p.finish(LIMIT);
     r.assert_code(143);

@@ -278,12 +278,7 @@ impl Scratch {
             p = pidfile.display()
         )));
         self.wait_locked();
-        wait_until(Duration::from_secs(10), || pidfile.exists());
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let child = wait_for_pid(&pidfile);
         wrapper.signal(libc::SIGKILL);
         // SAFETY: kills the orphaned `sleep`'s process group, which the test created.
         unsafe { libc::kill(-child, libc::SIGKILL) };
@@ -298,6 +293,16 @@ impl Scratch {
 }
 
 #[track_caller]
+/// The PID a test's script wrote to `path` (atomically, by rename), once it is there.
+pub fn wait_for_pid(path: &Path) -> i32 {
+    wait_until(Duration::from_secs(10), || path.exists());
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 pub fn wait_until(limit: Duration, f: impl FnMut() -> bool) {
     assert!(
         testkit::poll(limit, Duration::from_millis(20), f),
