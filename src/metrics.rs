@@ -194,7 +194,7 @@ impl Metrics {
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "tls_reloads",
-            "Serving certificate reloads by result (loaded, failed)",
+            "Serving certificate re-reads by result (loaded: a new certificate; unchanged; failed)",
             tls_reloads.clone(),
         );
         let tls_not_after = Gauge::default();

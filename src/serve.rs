@@ -177,12 +177,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             "--notifier-image is not set, and no image is published under its default: backup pods will not start until it names the image you built (manifests/ set it to the operator's own)"
         );
     }
-    let state = Arc::new(AdmissionState {
+    let state = Arc::new(AdmissionState::new(
         policy,
-        injector: injector.clone(),
-        metrics: metrics.clone(),
-        max_request_bytes: args.max_request_bytes,
-    });
+        injector.clone(),
+        metrics.clone(),
+        args.max_request_bytes,
+    ));
     let health = Arc::new(Health::new(https_addr, metrics.clone())?);
 
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
@@ -209,11 +209,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     });
 
     let admin_router = admin::router(health.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin_router).await {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
+    tokio::spawn(https::serve_plain(admin_listener, admin_router));
 
     tracing::info!(https = %https_addr, admin = %admin_addr, "serving admission (POST /validate, POST /mutate) and admin (/healthz /readyz /metrics)");
     https::serve(
@@ -247,6 +243,8 @@ async fn signals(stop: watch::Sender<bool>, health: Arc<Health>) {
         tracing::error!(
             "cannot install signal handlers; SIGTERM will kill the process without draining"
         );
+        // Dropping `stop` would read as a stop request and end serving at once.
+        std::future::pending::<()>().await;
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

@@ -179,6 +179,13 @@ pub fn install(store: &CertStore, cert: Result<LoadedCert>, metrics: &Metrics) {
                     .inc();
                 metrics.tls_not_after.set(not_after);
                 tracing::info!(not_after = %format_unix(not_after), "loaded a new serving certificate");
+            } else {
+                metrics
+                    .tls_reloads
+                    .get_or_create(&ResultLabels {
+                        result: "unchanged",
+                    })
+                    .inc();
             }
         }
         Err(e) => {
@@ -198,7 +205,9 @@ fn dir_watcher(
 ) -> Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Our own reads of the files raise access events (inotify's IN_OPEN and friends on the
+        // directory); reacting to them would reload in a loop.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             // A full channel already holds a pending reload.
             let _ = tx.try_send(());
         }

@@ -121,14 +121,15 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
         assert!(one_line(&body), "{name}: not one line: {body:?}");
     }
 
-    // A body over the limit. Sent by hand: the server answers 413 and closes as soon as the
-    // limit is passed, and a client still writing the rest would get a reset that can destroy
-    // the answer before it is read. So the head announces 10 MiB and the body stops one byte
-    // past the limit, where the server stops reading.
+    // A body over the limit whose length is not announced (chunked; an announced one is refused
+    // before it is read, see below). Sent by hand: the server answers 413 and closes as soon as
+    // the limit is passed, and a client still writing the rest would get a reset that can
+    // destroy the answer before it is read. So the chunk stops one byte past the limit, where
+    // the server stops reading.
     let mut raw = raw_tls(&op, tls.clone()).await;
     let limit = backup_operator::admission::DEFAULT_MAX_REQUEST_BYTES;
     raw.write_all(
-        b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10485760\r\n\r\n",
+        format!("POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", limit + 1).as_bytes(),
     )
     .await
     .unwrap();
@@ -578,5 +579,114 @@ fn serve_fails_fast_with_one_clear_line() {
     assert!(
         err.contains("\"not a host\" is neither an IP address, a CIDR, a host name nor *.domain"),
         "{err}"
+    );
+}
+
+/// A body that trickles is cut off with 408 once the body deadline passes; a body announced
+/// larger than the limit is refused before it is read; and a keep-alive connection left idle for
+/// longer than that is still served (the apiserver drops idle connections after 90 s and must be
+/// the one to close them, or a review it sends races our close).
+#[tokio::test]
+async fn a_trickling_body_gets_408_and_an_idle_keep_alive_connection_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path());
+    let op = Operator::start(&cert, &key, &["--no-controller"]);
+    let tls = tls_client(&ca.cert);
+    let body = serde_json::to_vec(&review(
+        "backups.k8s.bnerd.com",
+        "VolumeBackup",
+        "CREATE",
+        volume_backup(Some("https://hooks.example.com/x"), None),
+        None,
+    ))
+    .unwrap();
+    let mut idle = connect(op.https, tls.clone()).await;
+    assert_eq!(
+        idle.request("POST", "/validate", Some("application/json"), body.clone())
+            .await
+            .0,
+        200
+    );
+
+    let answer_to = |head: String, sent: Vec<u8>| {
+        let tls = tls.clone();
+        let op = &op;
+        async move {
+            let mut conn = raw_tls(op, tls).await;
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(&sent).await.unwrap();
+            conn.flush().await.unwrap();
+            let mut answer = Vec::new();
+            // Bounded only against a hang: the server must answer by itself.
+            tokio::time::timeout(Duration::from_secs(60), conn.read_to_end(&mut answer))
+                .await
+                .expect("no answer within 60s")
+                .unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let head = |len: usize| {
+        format!(
+            "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+    };
+
+    let too_large = answer_to(head(64 * 1024 * 1024), Vec::new()).await;
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    assert!(
+        too_large.contains("request body is larger than 7340032 bytes"),
+        "{too_large}"
+    );
+
+    let idle_since = Instant::now();
+    let trickled = answer_to(head(body.len()), body[..10].to_vec()).await;
+    assert!(trickled.starts_with("HTTP/1.1 408"), "{trickled}");
+    assert!(
+        trickled.contains("request body not received within 10s"),
+        "{trickled}"
+    );
+
+    // Idle for over 10 s now: still open, and still served.
+    assert!(idle_since.elapsed() >= Duration::from_secs(10));
+    assert!(
+        !idle.closed.is_finished(),
+        "idle keep-alive connection closed"
+    );
+    assert_eq!(
+        idle.request("POST", "/validate", Some("application/json"), body)
+            .await
+            .0,
+        200
+    );
+}
+
+/// Plain certificate files in a watched directory: the server's own reads of them must not count
+/// as changes (inotify reports opens and reads), or it re-reads them in a loop.
+#[tokio::test]
+async fn reading_the_certificate_files_does_not_trigger_another_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, cert, key) = dev_certs(dir.path());
+    let op = Operator::start(
+        &cert,
+        &key,
+        &["--no-controller", "--tls-reload-interval", "1s"],
+    );
+    const UNCHANGED: &str = "backup_operator_tls_reloads_total{result=\"unchanged\"}";
+    wait_for("a periodic re-read", Duration::from_secs(30), || async {
+        anyhow::ensure!(fixtures::metric(op.admin, UNCHANGED).await >= 1.0);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let (before, since) = (fixtures::metric(op.admin, UNCHANGED).await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reads = fixtures::metric(op.admin, UNCHANGED).await - before;
+    // One re-read a second, and never more (a late tick is delayed, not repeated); a loop of
+    // reads triggering reads runs five a second.
+    let bound = since.elapsed().as_secs_f64() + 2.0;
+    assert!(
+        reads <= bound,
+        "{reads} re-reads in {:?}: the watcher reacts to its own reads",
+        since.elapsed()
     );
 }

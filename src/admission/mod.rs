@@ -6,7 +6,7 @@ pub mod review;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use kube::core::admission::Operation;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::inject::{self, InjectorConfig};
 use crate::metrics::{DecisionLabels, DenialLabels, Metrics, WebhookLabels};
@@ -28,12 +29,47 @@ pub use review::{
 /// two of them, so 7 MiB leaves room while still refusing floods.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 7 * 1024 * 1024;
 
+/// The apiserver writes a review's body in one go and waits at most 30 s (the largest
+/// `timeoutSeconds`) for the answer: a body still arriving after this is not from it, and a
+/// client trickling one must not hold the memory it announced.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes of request bodies held at once, across all connections (at least one largest body).
+/// Beyond it a request waits for room within [`BODY_READ_TIMEOUT`] and is then refused with 503,
+/// so concurrent large bodies cannot take the pod past its memory limit.
+pub const BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
 /// Everything the handlers need; shared by all connections.
 pub struct AdmissionState {
     pub policy: UrlPolicy,
     pub injector: InjectorConfig,
     pub metrics: Metrics,
     pub max_request_bytes: usize,
+    /// [`BODY_BYTES_IN_FLIGHT`] in KiB permits; see [`AdmissionState::new`].
+    body_budget: Arc<Semaphore>,
+}
+
+impl AdmissionState {
+    pub fn new(
+        policy: UrlPolicy,
+        injector: InjectorConfig,
+        metrics: Metrics,
+        max_request_bytes: usize,
+    ) -> Self {
+        let budget = BODY_BYTES_IN_FLIGHT.max(max_request_bytes);
+        Self {
+            policy,
+            injector,
+            metrics,
+            max_request_bytes,
+            body_budget: Arc::new(Semaphore::new(kib(budget))),
+        }
+    }
+}
+
+/// Whole KiB needed to hold `bytes` (the unit of the body budget's permits).
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).max(1)
 }
 
 /// The admission router. Paths other than these answer 404; other methods 405.
@@ -107,8 +143,19 @@ impl IntoResponse for BadRequest {
     }
 }
 
-/// Reads a review's body, enforcing content type and size.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BadRequest> {
+/// A request body and its share of the body budget, returned when both are dropped.
+struct HeldBody {
+    bytes: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Reads a review's body, enforcing content type, size, the body budget and the read deadline.
+async fn read_body(
+    state: &AdmissionState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<HeldBody, BadRequest> {
+    let limit = state.max_request_bytes;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -120,7 +167,61 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             format!("content type must be application/json, got {content_type:?}"),
         ));
     }
-    read_limited(body, limit).await
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    // Without a length (chunked), room for the largest body allowed.
+    let need = announced.map_or(limit, |n| n as usize);
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let permits = u32::try_from(kib(need)).unwrap_or(u32::MAX);
+    let budget = match tokio::time::timeout_at(
+        deadline,
+        state.body_budget.clone().acquire_many_owned(permits),
+    )
+    .await
+    {
+        Ok(Ok(budget)) => budget,
+        Ok(Err(_)) => {
+            return Err(BadRequest(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting down".into(),
+            ));
+        }
+        Err(_) => {
+            return Err(BadRequest(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "busy: {} MiB of other request bodies were being read for {}s",
+                    BODY_BYTES_IN_FLIGHT / (1024 * 1024),
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+    };
+    match tokio::time::timeout_at(deadline, read_limited(body, limit)).await {
+        Ok(read) => read.map(|bytes| HeldBody {
+            bytes,
+            _budget: budget,
+        }),
+        Err(_) => Err(BadRequest(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {}s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn too_large(limit: usize) -> BadRequest {
+    BadRequest(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {limit} bytes"),
+    )
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, BadRequest> {
@@ -128,10 +229,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, BadRequest> {
         let too_big = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_big {
-            BadRequest(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {limit} bytes"),
-            )
+            too_large(limit)
         } else {
             BadRequest(
                 StatusCode::BAD_REQUEST,
@@ -149,8 +247,8 @@ async fn read_or_refuse<R>(
     body: Body,
     decode: fn(&[u8]) -> Result<R, BadRequest>,
 ) -> Result<R, Response> {
-    let read = read_body(headers, body, state.max_request_bytes).await;
-    read.and_then(|bytes| decode(&bytes)).map_err(|bad| {
+    let read = read_body(state, headers, body).await;
+    read.and_then(|held| decode(&held.bytes)).map_err(|bad| {
         tracing::warn!(status = bad.0.as_u16(), reason = %bad.1, "refused a malformed /{webhook} request");
         bad.into_response()
     })
