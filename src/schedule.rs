@@ -66,11 +66,21 @@ pub fn check_schedule(schedule: &str) -> Result<(), String> {
         return Err("cannot use TZ or CRON_TZ in the schedule; use spec.timeZone instead".into());
     }
     if trimmed.starts_with('@') {
-        if DESCRIPTORS.contains(&trimmed.to_ascii_lowercase().as_str()) {
+        // robfig/cron (the CronJob API's parser) takes a descriptor only when the untrimmed
+        // schedule starts with `@` and then compares it exactly, so `@Daily`, `@daily ` and
+        // ` @daily` are refused there. The controller copies the schedule verbatim into the
+        // CronJob, so admitting them here would mean no backup ever runs.
+        if DESCRIPTORS.contains(&schedule) {
             return Ok(());
         }
         if trimmed.starts_with("@every") {
             return Err("@every is not supported; use a five-field cron expression".into());
+        }
+        let lower = trimmed.to_ascii_lowercase();
+        if let Some(exact) = DESCRIPTORS.iter().find(|d| **d == lower) {
+            return Err(format!(
+                "descriptor {schedule:?} must be written exactly {exact:?}: lower case, without spaces around it"
+            ));
         }
         return Err(format!(
             "unknown descriptor {trimmed:?}; use @hourly, @daily, @weekly, @monthly, @yearly or five fields"
@@ -183,6 +193,8 @@ mod tests {
             "@yearly",
             "@annually",
             "@midnight",
+            // Five fields are split on whitespace, so spaces around them are fine.
+            "\t0 3 * * *\n",
         ] {
             assert_eq!(check_schedule(ok), Ok(()), "{ok}");
         }
@@ -208,6 +220,25 @@ mod tests {
             ("@often", "unknown descriptor"),
             ("CRON_TZ=UTC 0 3 * * *", "use spec.timeZone"),
             ("0 3 * * L", "\"L\" is not a number"),
+            // Descriptors are matched exactly, as the CronJob API does.
+            (
+                "@Daily",
+                "descriptor \"@Daily\" must be written exactly \"@daily\": lower case, without spaces around it",
+            ),
+            ("@DAILY", "must be written exactly \"@daily\""),
+            ("@Hourly", "must be written exactly \"@hourly\""),
+            ("@MIDNIGHT", "must be written exactly \"@midnight\""),
+            (
+                " @daily",
+                "descriptor \" @daily\" must be written exactly \"@daily\"",
+            ),
+            (
+                "@daily ",
+                "descriptor \"@daily \" must be written exactly \"@daily\"",
+            ),
+            ("\t@weekly", "must be written exactly \"@weekly\""),
+            ("@monthly\n", "must be written exactly \"@monthly\""),
+            (" @every 5m", "@every is not supported"),
         ] {
             let err = check_schedule(bad).unwrap_err();
             assert!(err.contains(want), "{bad}: {err}");

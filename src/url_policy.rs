@@ -6,7 +6,10 @@
 //! check (decimal `2130706433`, octal `0177.0.0.1`, hex `0x7f.1`, short `127.1`,
 //! percent-encoding, upper case, a trailing dot) into one canonical host, and this module then
 //! classifies that host. Addresses embedded in IPv6 (IPv4-mapped, IPv4-compatible, NAT64, 6to4)
-//! are unwrapped and classified as the IPv4 address they reach.
+//! are unwrapped and classified as the IPv4 address they reach. A host with an empty label
+//! (`a..b`, `127.0.0.1..`) is refused: WHATWG leaves `127.0.0.1..` a name, but with its dots
+//! stripped the notifier would reach the address, so it is classified as that address first.
+//! Allow and deny rules go through the same host parser, so `127.1` in a rule is 127.0.0.1.
 //!
 //! Classes and what may open them:
 //! - never: cloud metadata, unspecified, multicast, broadcast, reserved (no flag opens them);
@@ -26,8 +29,15 @@ use crate::contract::env;
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_BYTES: usize = 2048;
 
-/// Host names that always reach a cloud metadata service.
-const METADATA_NAMES: &[&str] = &["metadata.google.internal", "metadata.goog"];
+/// Host names that always reach a cloud metadata service. The single-label ones reach it through
+/// the search domains clouds put into a node's resolv.conf (GCP's `google.internal`, AWS's VPC
+/// domain), which pods inherit after the cluster's own.
+const METADATA_NAMES: &[&str] = &[
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+];
 
 /// The policy. `Default` is the documented default: private ranges allowed, `http://` allowed
 /// with a warning, no allow or deny rules.
@@ -57,17 +67,34 @@ impl FromStr for Destination {
             return Err("empty destination rule".into());
         }
         if let Ok(net) = s.parse::<IpNet>() {
-            return Ok(Destination::Net(net.trunc()));
+            return Ok(Destination::Net(unmap_net(net.trunc())));
         }
         let bare = s.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(Destination::Net(IpNet::from(ip)));
+            return Ok(Destination::Net(unmap_net(IpNet::from(ip))));
         }
+        let garbage =
+            || format!("{s:?} is neither an IP address, a CIDR, a host name nor *.domain");
         let (wildcard, name) = match s.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, s),
         };
-        let name = normalize_name(name);
+        // The URL's host goes through this parser, which turns `127.1`, `0x7f000001` or
+        // `2130706433` into an address; a rule kept as a name would then never match it.
+        let name = match Host::parse(name).map_err(|_| garbage())? {
+            Host::Domain(d) => d,
+            Host::Ipv4(_) | Host::Ipv6(_) if wildcard => {
+                return Err(format!(
+                    "{s:?} is a wildcard over an IP address; use the address or a CIDR"
+                ));
+            }
+            Host::Ipv4(v4) => return Ok(Destination::Net(IpNet::from(IpAddr::V4(v4)))),
+            Host::Ipv6(v6) => return Ok(Destination::Net(unmap_net(IpNet::from(IpAddr::V6(v6))))),
+        };
+        if has_empty_label(&name) {
+            return Err(garbage());
+        }
+        let name = normalize_name(&name);
         let valid = !name.is_empty()
             && name.split('.').all(|label| {
                 !label.is_empty()
@@ -77,9 +104,7 @@ impl FromStr for Destination {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if !valid {
-            return Err(format!(
-                "{s:?} is neither an IP address, a CIDR, a host name nor *.domain"
-            ));
+            return Err(garbage());
         }
         Ok(if wildcard {
             Destination::Suffix(name)
@@ -87,6 +112,19 @@ impl FromStr for Destination {
             Destination::Host(name)
         })
     }
+}
+
+/// `::ffff:10.0.0.0/104` as `10.0.0.0/8`: URL hosts in that form are classified and matched as
+/// the IPv4 address they embed, and a plain IPv4 host never falls inside an IPv6 network.
+fn unmap_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Ok(mapped) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(mapped);
+    }
+    net
 }
 
 impl fmt::Display for Destination {
@@ -315,11 +353,24 @@ impl UrlPolicy {
             None => return Err(Violation::NoHost),
             Some(Host::Ipv4(v4)) => (v4.to_string(), Some(IpAddr::V4(v4))),
             Some(Host::Ipv6(v6)) => (v6.to_string(), Some(IpAddr::V6(v6))),
-            Some(Host::Domain(d)) => (normalize_name(d), None),
+            // WHATWG drops only one empty last label before asking whether a host is an IPv4
+            // address, so `127.0.0.1..` stays a name; with its dots stripped it is the address
+            // the resolver returns, and it is checked as that address.
+            Some(Host::Domain(d)) => {
+                let name = normalize_name(d);
+                match Host::parse(&name) {
+                    Ok(Host::Ipv4(v4)) => (v4.to_string(), Some(IpAddr::V4(v4))),
+                    _ => (name, None),
+                }
+            }
         };
         if host.is_empty() {
             return Err(Violation::NoHost);
         }
+        let bad_name = match url.host() {
+            Some(Host::Domain(d)) if has_empty_label(d) => Some(d.to_owned()),
+            _ => None,
+        };
         let name_allowed = ip.is_none() && self.allow.iter().any(|r| r.matches_name(&host));
         let checked = CheckedUrl {
             url,
@@ -331,6 +382,14 @@ impl UrlPolicy {
         match ip {
             Some(ip) => self.check_address(&checked.host, ip, false, None)?,
             None => self.check_name(&checked)?,
+        }
+        // Last, so that a blocked address or name is named as such; resolvers refuse empty
+        // labels, so such a URL could never be delivered anyway.
+        if let Some(host) = bad_name {
+            return Err(Violation::Blocked {
+                host,
+                what: "not a valid host name: it has an empty label (\"..\" or more than one trailing dot)",
+            });
         }
         Ok(checked)
     }
@@ -473,6 +532,13 @@ fn normalize_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// `a..b`, `.a`, `a..`: one trailing dot is the fully qualified form, any other empty label
+/// makes the name invalid in DNS.
+fn has_empty_label(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.split('.').any(str::is_empty)
+}
+
 fn to_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     match ip {
         IpAddr::V4(v4) => Some(v4),
@@ -481,7 +547,8 @@ fn to_v4(ip: IpAddr) -> Option<Ipv4Addr> {
 }
 
 /// The IPv4 address an IPv6 address reaches: IPv4-mapped `::ffff:a.b.c.d`, IPv4-translated
-/// `::ffff:0:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96` and 6to4 `2002::/16`.
+/// `::ffff:0:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96` and the local-use
+/// `64:ff9b:1::/48` (RFC 8215), and 6to4 `2002::/16`.
 fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
     let s = v6.segments();
@@ -492,6 +559,9 @@ fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
         [0, 0, 0, 0, 0, 0, 0, 0] | [0, 0, 0, 0, 0, 0, 0, 1] => None,
         [0, 0, 0, 0, 0, 0, _, _] => Some(low),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        // Local-use NAT64 prefixes are carved out of the /48 as /96s in practice (RFC 6052's
+        // layout that puts the IPv4 address in the last 32 bits).
+        [0x64, 0xff9b, 1, ..] => Some(low),
         [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
             (hi >> 8) as u8,
             hi as u8,
@@ -519,7 +589,11 @@ fn classify_v4(ip: Ipv4Addr) -> AddressClass {
         Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, OpenStack, DigitalOcean, …
         Ipv4Addr::new(169, 254, 170, 2),   // AWS ECS task metadata
         Ipv4Addr::new(169, 254, 170, 23),  // AWS EKS pod identity
+        Ipv4Addr::new(169, 254, 42, 42),   // Scaleway
+        Ipv4Addr::new(169, 254, 0, 23),    // Tencent Cloud
         Ipv4Addr::new(100, 100, 100, 200), // Alibaba Cloud
+        Ipv4Addr::new(168, 63, 129, 16),   // Azure WireServer
+        Ipv4Addr::new(192, 0, 0, 192),     // Oracle Cloud Classic
     ];
     if METADATA.contains(&ip) {
         AddressClass::CloudMetadata
@@ -549,6 +623,8 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     const METADATA: &[Ipv6Addr] = &[
         Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254), // AWS IMDS over IPv6
         Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23),  // AWS EKS pod identity
+        Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),  // GCP metadata over IPv6
+        Ipv6Addr::new(0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42),   // Scaleway metadata over IPv6
     ];
     if METADATA.contains(&ip) {
         AddressClass::CloudMetadata

@@ -430,3 +430,303 @@ fn policy_round_trips_through_the_notifier_environment() {
         .collect();
     assert_eq!(parsed, p.allow);
 }
+
+#[test]
+fn hosts_with_empty_labels_are_checked_as_the_address_they_reach() {
+    // WHATWG drops one empty last label before looking for an IPv4 address, so these stay
+    // names in the url crate; stripped of their dots they are the address a resolver returns.
+    let not_a_name = "is not a valid host name: it has an empty label";
+    run(
+        &UrlPolicy::default(),
+        &[
+            (
+                "http://169.254.169.254../latest",
+                Deny(
+                    "host 169.254.169.254 is link-local (cloud metadata); notifications cannot be sent there",
+                ),
+            ),
+            (
+                "http://169.254.169.254.../latest",
+                Deny("host 169.254.169.254 is link-local (cloud metadata)"),
+            ),
+            (
+                "http://2852039166../latest",
+                Deny("host 169.254.169.254 is link-local (cloud metadata)"),
+            ),
+            ("http://127.0.0.1../", Deny("host 127.0.0.1 is loopback")),
+            ("http://0x7f.1../", Deny("host 127.0.0.1 is loopback")),
+            (
+                "http://\u{ff11}\u{ff12}\u{ff17}.\u{ff10}.\u{ff10}.\u{ff11}../",
+                Deny("host 127.0.0.1 is loopback"),
+            ),
+            ("http://0../", Deny("host 0.0.0.0 is unspecified")),
+            ("http://localhost../", Deny("host localhost is loopback")),
+            (
+                "http://metadata.google.internal../",
+                Deny("host metadata.google.internal is a cloud metadata service"),
+            ),
+            // Not blocked as an address or name, but no resolver takes an empty label.
+            (
+                "http://8.8.8.8../",
+                Deny(
+                    "host 8.8.8.8.. is not a valid host name: it has an empty label (\"..\" or more than one trailing dot); notifications cannot be sent there",
+                ),
+            ),
+            ("http://10.0.0.1../", Deny("host 10.0.0.1.. ")),
+            ("http://hooks.example.com../x", Deny(not_a_name)),
+            ("http://hooks..example.com/x", Deny(not_a_name)),
+            ("http://a..b/", Deny("host a..b ")),
+            ("http://.example.com/", Deny(not_a_name)),
+            ("http://1.2.3.4.5../", Deny(not_a_name)),
+            // One trailing dot is the fully qualified form and stays allowed.
+            ("https://hooks.example.com./x", Ok),
+            ("https://8.8.8.8./x", Ok),
+        ],
+    );
+    run(
+        &policy(|p| p.deny_private = true),
+        &[
+            (
+                "http://10.0.0.1../",
+                Deny("host 10.0.0.1 is private and private networks are denied"),
+            ),
+            ("http://012.0.0.1../", Deny("host 10.0.0.1 is private")),
+        ],
+    );
+    // An allowlist that opens the address does not open the malformed spelling either.
+    run(
+        &policy(|p| p.allow = rules(&["127.0.0.0/8"])),
+        &[
+            ("http://127.0.0.1/", Warn),
+            ("http://127.0.0.1../", Deny("host 127.0.0.1.. ")),
+        ],
+    );
+    // Deny rules see the address too.
+    run(
+        &policy(|p| p.deny = rules(&["8.8.8.8"])),
+        &[(
+            "https://8.8.8.8../",
+            Deny("host 8.8.8.8 matches the denied destination 8.8.8.8/32"),
+        )],
+    );
+}
+
+#[test]
+fn every_known_cloud_metadata_endpoint_is_blocked() {
+    let cases: &[(&str, Want)] = &[
+        (
+            "http://169.254.42.42/",
+            Deny(
+                "host 169.254.42.42 is link-local (cloud metadata); notifications cannot be sent there",
+            ),
+        ),
+        (
+            "http://169.254.0.23/",
+            Deny("host 169.254.0.23 is link-local (cloud metadata)"),
+        ),
+        (
+            "http://168.63.129.16/machine",
+            Deny(
+                "host 168.63.129.16 is a cloud metadata address; notifications cannot be sent there",
+            ),
+        ),
+        (
+            "http://192.0.0.192/",
+            Deny("host 192.0.0.192 is a cloud metadata address"),
+        ),
+        (
+            "http://[fd20:ce::254]/",
+            Deny("host fd20:ce::254 is a cloud metadata address"),
+        ),
+        (
+            "http://[fd00:42::42]/",
+            Deny("host fd00:42::42 is a cloud metadata address"),
+        ),
+        (
+            "http://[::ffff:168.63.129.16]/",
+            Deny("is a cloud metadata address"),
+        ),
+        (
+            "http://[64:ff9b::a83f:8110]/",
+            Deny("is a cloud metadata address"),
+        ),
+        (
+            "http://metadata/computeMetadata/v1/",
+            Deny("host metadata is a cloud metadata service; notifications cannot be sent there"),
+        ),
+        (
+            "http://METADATA./",
+            Deny("host metadata is a cloud metadata service"),
+        ),
+        (
+            "http://instance-data/latest/meta-data/",
+            Deny("host instance-data is a cloud metadata service"),
+        ),
+        (
+            "http://Instance-Data./",
+            Deny("host instance-data is a cloud metadata service"),
+        ),
+        // Neighbours of the new entries keep their own class.
+        ("https://168.63.129.17/", Ok),
+        ("https://metadata.example.com/", Ok),
+        ("https://instance-data.example.com/", Ok),
+    ];
+    run(&UrlPolicy::default(), cases);
+
+    // No allow rule opens them, however wide.
+    let p = policy(|p| {
+        p.allow = rules(&[
+            "169.254.0.0/16",
+            "168.63.129.16",
+            "192.0.0.0/24",
+            "fd00::/8",
+            "0.0.0.0/0",
+            "::/0",
+            "metadata",
+            "instance-data",
+        ])
+    });
+    run(
+        &p,
+        &[
+            ("https://169.254.10.10/", Ok),
+            ("https://169.254.42.42/", Deny("cloud metadata")),
+            ("https://169.254.0.23/", Deny("cloud metadata")),
+            ("https://168.63.129.16/", Deny("cloud metadata")),
+            ("https://192.0.0.192/", Deny("cloud metadata")),
+            ("https://[fd20:ce::254]/", Deny("cloud metadata")),
+            ("https://[fd00:42::42]/", Deny("cloud metadata")),
+            ("https://metadata/", Deny("cloud metadata")),
+            ("https://instance-data/", Deny("cloud metadata")),
+        ],
+    );
+    // Nor does an allowed host name that resolves to one.
+    let p = policy(|p| p.allow = rules(&["receiver.test"]));
+    let url = p.check("https://receiver.test/hook").unwrap();
+    for ip in [
+        "168.63.129.16",
+        "169.254.42.42",
+        "169.254.0.23",
+        "192.0.0.192",
+        "fd20:ce::254",
+        "fd00:42::42",
+    ] {
+        let err = p.check_resolved(&url, ip.parse().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("cloud metadata"), "{ip}: {err}");
+    }
+}
+
+#[test]
+fn local_use_nat64_prefix_is_unwrapped() {
+    run(
+        &UrlPolicy::default(),
+        &[
+            (
+                "http://[64:ff9b:1::a9fe:a9fe]/",
+                Deny("host 64:ff9b:1::a9fe:a9fe is link-local (cloud metadata)"),
+            ),
+            ("http://[64:ff9b:1:ab:cd::127.0.0.1]/", Deny("is loopback")),
+            ("https://[64:ff9b:1::808:808]/", Ok),
+            // Outside the /48 there is no embedded address.
+            ("https://[64:ff9b:2::7f00:1]/", Ok),
+        ],
+    );
+    run(
+        &policy(|p| p.deny_private = true),
+        &[("https://[64:ff9b:1::a00:1]/", Deny("private (RFC 1918)"))],
+    );
+    run(
+        &policy(|p| p.deny = rules(&["10.0.0.0/8"])),
+        &[(
+            "https://[64:ff9b:1::a00:1]/",
+            Deny("matches the denied destination 10.0.0.0/8"),
+        )],
+    );
+}
+
+#[test]
+fn rules_in_any_ipv4_spelling_are_address_rules() {
+    let net = |s: &str| Destination::Net(s.parse().unwrap());
+    for (rule, want) in [
+        ("127.1", "127.0.0.1/32"),
+        ("0x7f000001", "127.0.0.1/32"),
+        ("2130706433", "127.0.0.1/32"),
+        ("0177.0.0.1", "127.0.0.1/32"),
+        ("0x7F.1", "127.0.0.1/32"),
+        ("127.0.0.1.", "127.0.0.1/32"),
+        ("%31%32%37.1", "127.0.0.1/32"),
+        ("\u{ff11}\u{ff12}\u{ff17}.\u{ff11}", "127.0.0.1/32"),
+        ("::ffff:127.0.0.1", "127.0.0.1/32"),
+        ("[::ffff:127.0.0.1]", "127.0.0.1/32"),
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        // Not IPv4-mapped: stays IPv6.
+        ("::/0", "::/0"),
+        ("::ffff:0:0/95", "::fffe:0:0/95"),
+        ("::1", "::1/128"),
+    ] {
+        assert_eq!(rule.parse::<Destination>(), Result::Ok(net(want)), "{rule}");
+    }
+    assert_eq!(
+        "B\u{fc}cher.Example.".parse::<Destination>(),
+        Result::Ok(Destination::Host("xn--bcher-kva.example".into()))
+    );
+
+    let p = policy(|p| {
+        p.allow = rules(&["127.0.0.0/8"]);
+        p.deny = rules(&[
+            "127.1",
+            "2130706433",
+            "::ffff:10.0.0.0/104",
+            "b\u{fc}cher.example",
+        ]);
+    });
+    run(
+        &p,
+        &[
+            (
+                "https://127.0.0.1/x",
+                Deny("host 127.0.0.1 matches the denied destination 127.0.0.1/32"),
+            ),
+            ("https://0x7f.1/x", Deny("denied destination 127.0.0.1/32")),
+            ("https://127.0.0.2/x", Ok),
+            (
+                "https://10.1.2.3/x",
+                Deny("matches the denied destination 10.0.0.0/8"),
+            ),
+            (
+                "https://[::ffff:10.1.2.3]/x",
+                Deny("denied destination 10.0.0.0/8"),
+            ),
+            ("https://11.1.2.3/x", Ok),
+            (
+                "https://B\u{dc}CHER.example/x",
+                Deny(
+                    "host xn--bcher-kva.example matches the denied destination xn--bcher-kva.example",
+                ),
+            ),
+        ],
+    );
+    let p = policy(|p| p.allow = rules(&["0x7f000001"]));
+    run(
+        &p,
+        &[
+            ("https://127.0.0.1/x", Ok),
+            ("https://127.0.0.2/x", Deny("loopback")),
+        ],
+    );
+
+    for (bad, want) in [
+        ("*.10.0.0.1", "is a wildcard over an IP address"),
+        ("*.127.1", "is a wildcard over an IP address"),
+        ("*.example.123", "is neither an IP address"),
+        ("1.2.3.4.5", "is neither an IP address"),
+        ("127.0.0.1..", "is neither an IP address"),
+        ("relay..", "is neither an IP address"),
+        ("a..b", "is neither an IP address"),
+        (".example.com", "is neither an IP address"),
+    ] {
+        let err = bad.parse::<Destination>().unwrap_err();
+        assert!(err.contains(want), "{bad}: {err}");
+    }
+}

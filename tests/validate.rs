@@ -268,3 +268,40 @@ fn requests_and_limits_must_be_quantities_the_apiserver_takes() {
         "spec.resources.requests[memory]: \"16MB\" is not a quantity: unknown suffix \"MB\" (binary Ki, Mi, Gi, Ti, Pi, Ei; decimal n, u, m, k, M, G, T, P, E; or an exponent such as e3) (kept because it did not change)"
     );
 }
+
+#[test]
+fn descriptors_are_admitted_only_as_the_cron_job_api_spells_them() {
+    for ok in ["@daily", "@hourly", "@midnight", " 0 3 * * * "] {
+        let mut obj = volume_backup(None, None);
+        obj["spec"]["schedule"] = json!(ok);
+        let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+        assert!(denials.is_empty(), "{ok:?}: {denials:?}");
+    }
+    for bad in ["@Daily", "@DAILY", " @daily", "@daily "] {
+        let mut obj = volume_backup(None, None);
+        obj["spec"]["schedule"] = json!(bad);
+        let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+        assert_eq!(
+            denials,
+            [format!(
+                "spec.schedule: descriptor {bad:?} must be written exactly \"@daily\": lower case, without spaces around it"
+            )]
+        );
+    }
+}
+
+#[test]
+fn a_host_with_extra_trailing_dots_is_denied_as_the_address_it_reaches() {
+    let obj = volume_backup(
+        Some("http://127.0.0.1../hook"),
+        Some("http://169.254.169.254../latest"),
+    );
+    let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "spec.webhooks.success: host 127.0.0.1 is loopback; notifications cannot be sent there",
+            "spec.webhooks.failure: host 169.254.169.254 is link-local (cloud metadata); notifications cannot be sent there",
+        ]
+    );
+}

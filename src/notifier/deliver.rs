@@ -169,7 +169,9 @@ impl Client {
         start: Instant,
     ) -> Result<Delivered, DeliveryError> {
         let stage = Stage::default();
-        let outcome = tokio::time::timeout(self.timeout, self.attempt(url, body, &stage)).await;
+        let deadline = Instant::now() + self.timeout;
+        let outcome =
+            tokio::time::timeout(self.timeout, self.attempt(url, body, &stage, deadline)).await;
         let elapsed = start.elapsed();
         let target = redact_str(url);
         let (reason, detail) = match outcome {
@@ -205,6 +207,7 @@ impl Client {
         raw: &str,
         body: Vec<u8>,
         stage: &Stage,
+        deadline: Instant,
     ) -> Result<(StatusCode, SocketAddr), Failure> {
         let url = self
             .policy
@@ -213,7 +216,7 @@ impl Client {
         let addrs = self.resolve(&url).await?;
 
         stage.set(Stage::CONNECT);
-        let (tcp, peer) = connect_first(&addrs).await?;
+        let (tcp, peer) = connect_first(&addrs, deadline).await?;
         // One small request: waiting to coalesce writes would only add latency.
         let _ = tcp.set_nodelay(true);
         let request = build_request(&url, body)?;
@@ -273,13 +276,22 @@ impl Client {
     }
 }
 
-/// Dials the addresses in the resolver's order and keeps the first that answers.
-async fn connect_first(addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), Failure> {
+/// Dials the addresses in the resolver's order and keeps the first that answers. Each address
+/// gets an equal share of the time left before `deadline` (the last one all of it): an address
+/// that never answers, such as an AAAA record in a pod whose IPv6 egress is dropped, must not use
+/// up the whole delivery timeout before a working one is tried.
+async fn connect_first(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<(TcpStream, SocketAddr), Failure> {
     let mut errors = Vec::new();
-    for &addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok((s, addr)),
-            Err(e) => errors.push(format!("{addr}: {e}")),
+    for (i, &addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok((s, addr)),
+            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+            Err(_) => errors.push(format!("{addr}: no answer within {}", fmt_duration(share))),
         }
     }
     Err((
@@ -425,6 +437,46 @@ pub async fn deliver_logged(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_leaves_time_for_the_next() {
+        // A listener that never accepts, its backlog full: the kernel drops further SYNs, so a
+        // connect to it hangs as to a firewalled address.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let full = socket.listen(0).unwrap();
+        let silent = full.local_addr().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent)).await
+        {
+            queued.push(s);
+            assert!(queued.len() < 64, "the backlog never filled");
+        }
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(4);
+        // Bounded only against a hang: the kernel retries a SYN for about two minutes.
+        let (_, peer) = tokio::time::timeout(
+            Duration::from_secs(60),
+            connect_first(&[silent, good_addr], deadline),
+        )
+        .await
+        .expect("stuck on the silent address")
+        .expect("no connection");
+        assert_eq!(peer, good_addr);
+
+        let (reason, detail) =
+            connect_first(&[silent], Instant::now() + Duration::from_millis(500))
+                .await
+                .expect_err("the silent address answered");
+        assert!(matches!(reason, Reason::Connect));
+        assert!(
+            detail.contains(&format!("{silent}: no answer within")),
+            "{detail}"
+        );
+    }
 
     #[test]
     fn durations_print_as_they_are_written() {
