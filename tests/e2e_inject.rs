@@ -138,6 +138,62 @@ async fn unlabelled_and_commandless_cron_jobs_are_stored_as_sent() {
     assert!(p["containers"][0].get("command").is_none());
 }
 
+/// Through the live webhook: `kubectl apply` of an injected CronJob's manifest without the
+/// backup's command, or without the label (the webhook's objectSelector matches the old object,
+/// so the request still reaches /mutate), takes the whole injection out, which the three-way
+/// merge alone would leave behind.
+#[tokio::test]
+async fn dropping_the_command_or_the_label_takes_the_notifier_out_again() {
+    let c = operator();
+    let ns = c.cp.namespace("inject-removal").await;
+    let ns = ns.name();
+    let rx = Receiver::http(Reply::Status(200));
+    let command_line = "              command: [\"sh\", \"-c\", \"x\"]\n";
+    for (name, drop_command) in [("no-command", true), ("opted-out", false)] {
+        let manifest = cron_job(ns, name, &rx, "x");
+        assert!(manifest.contains(command_line));
+        store(c, ns, name, &manifest).await;
+        let p = pod(&get_json(c, ns, name)).clone();
+        assert_eq!(p["initContainers"].as_array().map(Vec::len), Some(2), "{p}");
+
+        let changed = if drop_command {
+            manifest.replace(command_line, "")
+        } else {
+            manifest.replace("backups.k8s.bnerd.com/notify: \"true\"", "app: plain")
+        };
+        assert_ne!(changed, manifest);
+        let out = kubectl_stdin(c.cp, &["apply", "-f", "-"], &changed);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        if drop_command {
+            assert!(
+                stderr.contains("Warning: backup-operator: container \"backup\" has no command")
+                    && stderr.contains("(the notifier injected earlier has been removed)"),
+                "{stderr}"
+            );
+        } else {
+            assert!(!stderr.contains("Warning: backup-operator:"), "{stderr}");
+        }
+        let p = pod(&get_json(c, ns, name)).clone();
+        assert!(
+            p.get("initContainers").is_none() && p.get("volumes").is_none(),
+            "{name}: {p}"
+        );
+        let containers = p["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "{name}: {p}");
+        assert!(containers[0].get("volumeMounts").is_none(), "{name}: {p}");
+        if drop_command {
+            assert!(containers[0].get("command").is_none(), "{p}");
+        } else {
+            assert_eq!(
+                containers[0]["command"],
+                serde_json::json!(["sh", "-c", "x"]),
+                "{p}"
+            );
+        }
+    }
+}
+
 /// Through the live webhook: a Job that retries in new pods is warned about at `kubectl apply`,
 /// and a pod that retries in place tells its notifier (which then waits for the last attempt).
 #[tokio::test]

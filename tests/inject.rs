@@ -365,6 +365,272 @@ fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
     );
 }
 
+/// How a user turns an injected CronJob into one the injector declines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decline {
+    /// `kubectl apply` of a manifest without the label.
+    Unlabel,
+    LabelFalse,
+    /// `kubectl apply` of a manifest without the target's command: the three-way merge deletes
+    /// the (wrapped) command and leaves everything else the injection added.
+    DropCommand,
+    /// `notify-container` names a container that does not exist.
+    MissingTarget,
+}
+
+fn declined(cj: &Value, how: Decline, target: &str) -> Value {
+    let mut cj = cj.clone();
+    let label = "backups.k8s.bnerd.com/notify";
+    match how {
+        Decline::Unlabel => {
+            cj["metadata"]["labels"]
+                .as_object_mut()
+                .unwrap()
+                .remove(label);
+        }
+        Decline::LabelFalse => cj["metadata"]["labels"][label] = json!("false"),
+        Decline::DropCommand => {
+            for c in cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .filter(|c| c["name"] == target)
+            {
+                c.as_object_mut().unwrap().remove("command");
+            }
+        }
+        Decline::MissingTarget => {
+            cj["metadata"]["annotations"]["backups.k8s.bnerd.com/notify-container"] = json!("gone")
+        }
+    }
+    cj
+}
+
+fn names(p: &Value, list: &str) -> Vec<String> {
+    p[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A notifier left without its wrapper reports failure on every run (sidecar) or keeps the pod
+/// running forever (container mode), so declining takes an earlier injection out completely.
+#[test]
+fn a_declined_cron_job_loses_an_earlier_injection_and_gets_its_command_back() {
+    let mut spec = restic_pod();
+    spec["terminationGracePeriodSeconds"] = json!(5);
+    let cj = cron_job(spec, default_annotations());
+    for mode in [NotifierMode::Sidecar, NotifierMode::Container] {
+        for ca in [None, relay_ca()] {
+            let mut cfg = config(mode);
+            cfg.ca = ca;
+            let once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+            assert_eq!(pod(&once)["terminationGracePeriodSeconds"], 15);
+            for how in [
+                Decline::Unlabel,
+                Decline::LabelFalse,
+                Decline::DropCommand,
+                Decline::MissingTarget,
+            ] {
+                let case = format!("{mode:?}, CA {}, {how:?}", cfg.ca.is_some());
+                let broken = declined(&once, how, "backup");
+                let m = inject::mutate(broken.clone(), &cfg);
+                assert!(!m.injected(), "{case}");
+                let out = apply(&broken, &m.patch);
+                let p = pod(&out);
+                assert!(names(p, "initContainers").is_empty(), "{case}: {p}");
+                assert!(names(p, "volumes").is_empty(), "{case}: {p}");
+                assert_eq!(names(p, "containers"), ["backup"], "{case}");
+                let backup = &p["containers"][0];
+                assert!(backup.get("volumeMounts").is_none(), "{case}: {backup}");
+                if how == Decline::DropCommand {
+                    assert!(backup.get("command").is_none(), "{case}: {backup}");
+                } else {
+                    assert_eq!(
+                        backup["command"],
+                        json!(["restic", "backup", "/data"]),
+                        "{case}"
+                    );
+                }
+                // Exactly the CronJob as declined before it was ever injected, but for the grace
+                // period, whose value before the raise is not recorded anywhere.
+                let mut expected = declined(&cj, how, "backup");
+                expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] =
+                    json!(15);
+                assert_eq!(out, expected, "{case}");
+                match how {
+                    Decline::Unlabel | Decline::LabelFalse => {
+                        assert!(m.warnings.is_empty(), "{case}: {:?}", m.warnings)
+                    }
+                    Decline::DropCommand | Decline::MissingTarget => {
+                        assert_eq!(m.warnings.len(), 1, "{case}: {:?}", m.warnings);
+                        let w = m.warnings[0].to_lowercase();
+                        assert!(
+                            w.contains("no notification will be sent")
+                                && w.ends_with("(the notifier injected earlier has been removed)")
+                                && !w.contains('\n'),
+                            "{case}: {w}"
+                        );
+                    }
+                }
+                let again = inject::mutate(out.clone(), &cfg);
+                assert!(again.patch.is_empty(), "{case}: {:?}", again.patch);
+                assert!(
+                    again
+                        .warnings
+                        .iter()
+                        .all(|w| !w.contains("has been removed")),
+                    "{case}: {:?}",
+                    again.warnings
+                );
+            }
+            // Labelled again: the same notifier as before.
+            let back = declined(&once, Decline::Unlabel, "backup");
+            let removed = apply(&back, &inject::mutate(back.clone(), &cfg).patch);
+            let mut relabelled = removed;
+            relabelled["metadata"]["labels"]["backups.k8s.bnerd.com/notify"] = json!("true");
+            let m = inject::mutate(relabelled.clone(), &cfg);
+            assert_eq!(apply(&relabelled, &m.patch), once);
+        }
+    }
+}
+
+/// Injecting would delete or overwrite a user's own entry under one of the injector's names, so
+/// there is no injection, with a warning naming the clash.
+#[test]
+fn a_users_own_entry_under_a_reserved_name_stops_the_injection_and_is_left_alone() {
+    let own_container =
+        json!({"name": "notifier", "image": "busybox", "command": ["sh", "-c", "sleep 1"]});
+    let cases = [
+        (
+            "containers",
+            own_container.clone(),
+            "container \"notifier\"",
+        ),
+        (
+            "initContainers",
+            json!({"name": "notifier", "image": "busybox", "command": ["true"]}),
+            "init container \"notifier\"",
+        ),
+        (
+            "initContainers",
+            json!({"name": "notifier-install", "image": "busybox"}),
+            "init container \"notifier-install\"",
+        ),
+        (
+            "volumes",
+            json!({"name": "backup-notifier", "persistentVolumeClaim": {"claimName": "mine"}}),
+            "volume \"backup-notifier\"",
+        ),
+        (
+            "volumes",
+            json!({"name": "backup-notifier", "emptyDir": {}}),
+            "volume \"backup-notifier\"",
+        ),
+    ];
+    for mode in [NotifierMode::Sidecar, NotifierMode::Container] {
+        for (list, entry, clash) in &cases {
+            let mut spec = restic_pod();
+            match spec[*list].as_array_mut() {
+                Some(l) => l.push(entry.clone()),
+                None => spec[*list] = json!([entry]),
+            }
+            let cj = cron_job(spec, default_annotations());
+            let m = inject::mutate(cj.clone(), &config(mode));
+            assert!(
+                m.patch.is_empty() && !m.injected(),
+                "{mode:?} {clash}: {m:?}"
+            );
+            assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+            assert!(
+                m.warnings[0].starts_with(&format!(
+                    "backup-operator: the pod template has its own {clash}, a name the notifier injection reserves"
+                )) && m.warnings[0].ends_with("No notification will be sent"),
+                "{:?}",
+                m.warnings
+            );
+        }
+    }
+
+    // Taken after an injection (sidecar mode: the user's own init container where the notifier
+    // was): the rest of the injection goes, the user's container stays.
+    let cfg = config(NotifierMode::Sidecar);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let mut taken = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    let own_init = json!({"name": "notifier", "image": "busybox", "command": ["true"]});
+    taken["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][1] =
+        own_init.clone();
+    let m = inject::mutate(taken.clone(), &cfg);
+    assert!(!m.injected());
+    let out = apply(&taken, &m.patch);
+    let mut expected = cj.clone();
+    expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"] =
+        json!([own_init]);
+    assert_eq!(out, expected);
+    assert!(
+        m.warnings.len() == 1
+            && m.warnings[0].contains("its own init container \"notifier\"")
+            && m.warnings[0].ends_with("(the notifier injected earlier has been removed)"),
+        "{:?}",
+        m.warnings
+    );
+}
+
+/// What an earlier version (or the apiserver's defaults) made is still the injector's own: it
+/// is updated, not taken for a user's entry.
+#[test]
+fn the_injectors_own_entries_are_recognised_by_shape_across_versions() {
+    let cfg = config(NotifierMode::Sidecar);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    let mut older = once.clone();
+    let p = &mut older["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    p["volumes"][0] = json!({"name": "backup-notifier", "emptyDir": {"medium": "Memory"}});
+    for c in p["initContainers"].as_array_mut().unwrap() {
+        c["image"] = json!("registry.example/backup-operator:old");
+        c["command"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("--old-flag"));
+    }
+    let m = inject::mutate(older.clone(), &cfg);
+    assert!(m.injected() && m.warnings.is_empty(), "{m:?}");
+    assert_eq!(apply(&older, &m.patch), once);
+}
+
+/// Unwrapping takes off exactly the wrapper the injector builds: a `--` in the original command
+/// stays, and a command that only resembles the wrapper is not the injector's.
+#[test]
+fn unwrapping_restores_exactly_the_original_command() {
+    let original = json!(["sh", "-c", "restic backup -- /data", "--", "x"]);
+    let mut spec = restic_pod();
+    spec["containers"][0]["command"] = original.clone();
+    let cj = cron_job(spec, default_annotations());
+    let once = apply(
+        &cj,
+        &inject::mutate(cj.clone(), &config(NotifierMode::Sidecar)).patch,
+    );
+    let wrapped = pod(&once)["containers"][0]["command"].as_array().unwrap();
+    assert_eq!(
+        inject::unwrapped_command(wrapped),
+        Some(original.as_array().unwrap().as_slice())
+    );
+    let resembling = json!([
+        "/backup-notifier/backup-notifier",
+        "exec",
+        "--result",
+        "/tmp/elsewhere.json",
+        "--",
+        "x"
+    ]);
+    assert_eq!(
+        inject::unwrapped_command(resembling.as_array().unwrap()),
+        None
+    );
+}
+
 /// With restartPolicy OnFailure a failed attempt is retried in the same pod, whose notifier must
 /// wait for the last one; with Never every retry is a new pod with its own notification.
 #[test]
@@ -641,6 +907,41 @@ proptest! {
     }
 }
 
+fn decline_strategy() -> impl Strategy<Value = Decline> {
+    prop_oneof![
+        Just(Decline::Unlabel),
+        Just(Decline::LabelFalse),
+        Just(Decline::DropCommand),
+        Just(Decline::MissingTarget),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Whatever the pod spec and flags, a declined CronJob keeps nothing of its injection: what
+    /// the webhook leaves is what removing the injection by hand leaves.
+    #[test]
+    fn a_declined_injection_is_removed_completely(
+        (spec, target) in pod_strategy(),
+        cfg in config_strategy(),
+        how in decline_strategy(),
+    ) {
+        let cj = generated(spec, target.as_deref());
+        let m = inject::mutate(cj.clone(), &cfg);
+        if !m.injected() {
+            return Ok(());
+        }
+        let once = apply(&cj, &m.patch);
+        let broken = declined(&once, how, target.as_deref().unwrap_or("main"));
+        let d = inject::mutate(broken.clone(), &cfg);
+        prop_assert!(!d.injected());
+        let out = apply(&broken, &d.patch);
+        let grace = pod(&once).get("terminationGracePeriodSeconds");
+        prop_assert_eq!(&out, &remove_injection(&broken, grace));
+        prop_assert!(inject::mutate(out, &cfg).patch.is_empty());
+    }
+}
+
 fn mutate_review(cj: &Value) -> Vec<u8> {
     serde_json::to_vec(
         &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
@@ -687,8 +988,16 @@ proptest! {
         (spec, target) in pod_strategy(),
         cfg in config_strategy(),
         stored in any::<bool>(),
+        decline in prop::option::of(decline_strategy()),
     ) {
         let mut cj = generated(spec, target.as_deref());
+        // Also a CronJob injected before and declined now, whose injection comes out again.
+        if let Some(how) = decline {
+            let m = inject::mutate(cj.clone(), &cfg);
+            if m.injected() {
+                cj = declined(&apply(&cj, &m.patch), how, target.as_deref().unwrap_or("main"));
+            }
+        }
         if stored {
             cj = as_stored(cj);
         }

@@ -1,5 +1,5 @@
 //! The mutating webhook's logic: inject the notifier into the pod template of a labelled
-//! CronJob (api.md §4), idempotently, as a JSON Patch that adds only what it needs.
+//! CronJob (api.md §4), idempotently, as a JSON Patch that changes only what it needs.
 //!
 //! Injected into `spec.jobTemplate.spec.template.spec`:
 //! - the `backup-notifier` volume (`emptyDir`, medium Memory);
@@ -15,7 +15,13 @@
 //!   mounted in the notifier, whose `NOTIFY_CA_FILE` points into it.
 //!
 //! The injector owns the volumes `backup-notifier` and `backup-notifier-ca` and the containers
-//! `notifier-install` and `notifier`; it leaves a user's own `backup-notifier-ca` volume alone.
+//! `notifier-install` and `notifier`, and tells its own from a user's by their shape. A user's
+//! own entry under one of these names stops the injection (with a warning), except a
+//! `backup-notifier-ca` volume, which only costs the notifier the extra CA.
+//!
+//! Where the notifier cannot or must not be injected (the label removed, no command to wrap, an
+//! unknown target, a name taken), an earlier injection is taken out again, so that no notifier
+//! is left without its wrapper.
 
 pub mod patch;
 
@@ -255,49 +261,126 @@ fn job_spec(cron_job: &Value) -> &Value {
     JOB_SPEC.iter().fold(cron_job, |v, key| &v[*key])
 }
 
-/// Computes the patch for a labelled CronJob (`cron_job` is the object as JSON; it becomes the
-/// patch's working copy, so the caller's object is not copied).
+/// Computes the patch for a CronJob (`cron_job` is the object as JSON; it becomes the patch's
+/// working copy, so the caller's object is not copied): the notifier injected into a labelled
+/// one, or, where it cannot or must not be injected, any earlier injection taken out again.
 pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
-    let mut m = Mutation::default();
-    if !is_labelled(&cron_job) {
-        return m;
-    }
-    let ann = |key: &str| annotation(&cron_job, key);
-    let Some(containers) = pod_spec(&cron_job)["containers"].as_array() else {
-        m.warnings.push(
-            "backup-operator: the CronJob has no pod template containers; no notification will be sent".into(),
-        );
-        return m;
+    let target = if is_labelled(&cron_job) {
+        injection_target(&cron_job)
+    } else {
+        // Opting out is what the user asked for, so no warning; the webhook still sees the
+        // request because its objectSelector matches the old, labelled object.
+        Err(None)
     };
-    let target_name = match ann(annotations::NOTIFY_CONTAINER) {
-        Some(name) => name.to_owned(),
-        None => match containers
+    match target {
+        Ok(target_name) => inject(cron_job, cfg, &target_name),
+        Err(warning) => decline(cron_job, warning),
+    }
+}
+
+/// The container whose command gets wrapped, or why nothing can be injected (the warning;
+/// `None` for no warning).
+fn injection_target(cron_job: &Value) -> Result<String, Option<String>> {
+    let spec = pod_spec(cron_job);
+    if let Some(clash) = reserved_name_taken(spec) {
+        return Err(Some(format!(
+            "backup-operator: the pod template has its own {clash}, a name the notifier injection reserves; rename it to receive notifications. No notification will be sent"
+        )));
+    }
+    let Some(containers) = spec["containers"].as_array() else {
+        return Err(Some(
+            "backup-operator: the CronJob has no pod template containers; no notification will be sent".into(),
+        ));
+    };
+    let target_name = match annotation(cron_job, annotations::NOTIFY_CONTAINER) {
+        Some(name) => name,
+        None => containers
             .iter()
             .find(|c| c["name"] != pod::NOTIFIER_CONTAINER)
             .and_then(|c| c["name"].as_str())
-        {
-            Some(name) => name.to_owned(),
-            None => {
-                m.warnings.push("backup-operator: the CronJob has no container to wrap; no notification will be sent".into());
-                return m;
-            }
-        },
+            .ok_or_else(|| {
+                Some("backup-operator: the CronJob has no container to wrap; no notification will be sent".to_owned())
+            })?,
     };
-    let Some(target) = named(containers, &target_name) else {
-        m.warnings.push(format!(
+    let Some(target) = named(containers, target_name) else {
+        return Err(Some(format!(
             "backup-operator: annotation {} names container {target_name:?}, which does not exist; no notification will be sent",
             annotations::NOTIFY_CONTAINER
-        ));
-        return m;
+        )));
     };
-    let command = target["command"].as_array().filter(|c| !c.is_empty());
-    if command.is_none() {
-        m.warnings.push(format!(
+    if target["command"].as_array().is_none_or(Vec::is_empty) {
+        return Err(Some(format!(
             "backup-operator: container {target_name:?} has no command, so it cannot be wrapped (the image's entrypoint is unknown at admission); set command to receive notifications. No notification will be sent"
-        ));
-        return m;
+        )));
     }
+    Ok(target_name.to_owned())
+}
 
+/// The first entry of the pod spec that has one of the injector's names but is not the
+/// injector's (see [`RESERVED`]), described for a warning. Injecting would replace or
+/// remove it.
+fn reserved_name_taken(spec: &Value) -> Option<String> {
+    RESERVED.into_iter().find_map(|(list, name, ours)| {
+        let entries = spec[list].as_array()?;
+        named(entries, name).filter(|e| !ours(e))?;
+        let what = match list {
+            "volumes" => "volume",
+            "initContainers" => "init container",
+            _ => "container",
+        };
+        Some(format!("{what} {name:?}"))
+    })
+}
+
+/// A pod spec list, the name of an entry the injector owns in it, and how to tell an entry the
+/// injector made from a user's own that happens to have the name.
+type Reserved = (&'static str, &'static str, fn(&Value) -> bool);
+
+/// The entries the injector owns by name. The CA volume is not here: a user's own of that name
+/// only costs the notifier the extra CA (see [`is_ca_volume`]).
+const RESERVED: [Reserved; 4] = [
+    ("volumes", pod::VOLUME, is_notifier_volume),
+    (
+        "initContainers",
+        pod::INSTALL_CONTAINER,
+        is_install_container,
+    ),
+    (
+        "initContainers",
+        pod::NOTIFIER_CONTAINER,
+        is_notifier_container,
+    ),
+    ("containers", pod::NOTIFIER_CONTAINER, is_notifier_container),
+];
+
+/// Nothing is injected: takes out what an earlier injection left, so that the pod does not run
+/// a notifier without a wrapped backup (a sidecar would report failure on every run, a
+/// container-mode notifier would wait forever), and the warning's "no notification" is true.
+fn decline(cron_job: Value, warning: Option<String>) -> Mutation {
+    let mut b = PatchBuilder::new(cron_job);
+    remove_injection(&mut b);
+    let (patch, _) = b.into_ops();
+    let warnings = warning
+        .map(|w| {
+            if patch.is_empty() {
+                w
+            } else {
+                format!("{w} (the notifier injected earlier has been removed)")
+            }
+        })
+        .into_iter()
+        .collect();
+    Mutation {
+        patch,
+        warnings,
+        object: None,
+    }
+}
+
+/// Injects the notifier into a labelled CronJob whose `target_name` container has a command.
+fn inject(cron_job: Value, cfg: &InjectorConfig, target_name: &str) -> Mutation {
+    let mut m = Mutation::default();
+    let ann = |key: &str| annotation(&cron_job, key);
     let volumes = pod_spec(&cron_job)["volumes"]
         .as_array()
         .map(Vec::as_slice)
@@ -365,7 +448,7 @@ pub fn mutate(cron_job: Value, cfg: &InjectorConfig) -> Mutation {
             );
         }
     }
-    wrap_target(&mut b, &target_name);
+    wrap_target(&mut b, target_name);
     raise_grace_period(&mut b, cfg.timeout);
     let (ops, object) = b.into_ops();
     m.patch = ops;
@@ -416,18 +499,152 @@ fn remove_named(b: &mut PatchBuilder, list: &str, name: &str) {
     }
 }
 
+/// What [`wrap_target`] puts before the original command: unwrapping takes off exactly this.
+const WRAPPER: [&str; 5] = [
+    pod::INSTALLED_BIN,
+    "exec",
+    "--result",
+    pod::RESULT_FILE,
+    "--",
+];
+
 fn is_wrapped(command: &[Value]) -> bool {
-    command.first().and_then(Value::as_str) == Some(pod::INSTALLED_BIN)
-        && command.get(1).and_then(Value::as_str) == Some("exec")
+    command.len() >= WRAPPER.len()
+        && command
+            .iter()
+            .zip(WRAPPER)
+            .all(|(v, w)| v.as_str() == Some(w))
 }
 
 /// The command a wrapped container ran before wrapping.
 pub fn unwrapped_command(command: &[Value]) -> Option<&[Value]> {
-    if !is_wrapped(command) {
-        return None;
+    is_wrapped(command).then(|| &command[WRAPPER.len()..])
+}
+
+/// Whether a command starts with these words (the injector's containers are told apart from a
+/// user's by their command; the words after these may change between versions).
+fn command_starts_with(c: &Value, words: &[&str]) -> bool {
+    c["command"].as_array().is_some_and(|cmd| {
+        cmd.len() >= words.len() && cmd.iter().zip(words).all(|(v, w)| v.as_str() == Some(*w))
+    })
+}
+
+/// Whether an init container is one [`install_container`] made (for any image).
+fn is_install_container(c: &Value) -> bool {
+    command_starts_with(c, &[pod::IMAGE_BIN, "install"])
+}
+
+/// Whether a container (init or regular) is one [`notifier_container`] made (any image, mode).
+fn is_notifier_container(c: &Value) -> bool {
+    command_starts_with(c, &[pod::IMAGE_BIN, "notify"])
+}
+
+/// Whether a volume is one [`volume`] made: an in-memory emptyDir and nothing else (its size
+/// limit may differ, or be defaulted, in what is stored).
+fn is_notifier_volume(v: &Value) -> bool {
+    v["emptyDir"]["medium"] == "Memory" && v.as_object().is_some_and(|o| o.len() == 2)
+}
+
+/// Whether a volume mount is one [`mount`] made.
+fn is_notifier_mount(m: &Value) -> bool {
+    m["name"] == pod::VOLUME && m["mountPath"] == pod::MOUNT_PATH
+}
+
+fn element(list: &str, i: usize) -> PointerBuf {
+    let mut p = list_path(list);
+    p.push_back(i.to_string());
+    p
+}
+
+/// Takes out of the pod spec everything an injection put there, recognising the injector's
+/// entries by their shape, so that a user's own that has one of the names stays as it is.
+/// `terminationGracePeriodSeconds` stays as raised: the injector does not record what it was,
+/// and a longer grace period only matters when the pod is stopped.
+fn remove_injection(b: &mut PatchBuilder) {
+    // Containers first: a volume goes only once nothing mounts it any more.
+    for (list, name, ours) in RESERVED {
+        if list == "volumes" {
+            continue;
+        }
+        if let Some(i) = index_of(b, list, name) {
+            let path = element(list, i);
+            if b.get(&path).is_some_and(ours) {
+                b.remove(path);
+            }
+        }
     }
-    let sep = command.iter().position(|v| v == "--")?;
-    Some(&command[sep + 1..])
+    // A mount of the user's own volume of the notifier volume's name is the user's too.
+    let volume_is_users = index_of(b, "volumes", pod::VOLUME)
+        .and_then(|i| b.get(&element("volumes", i)))
+        .is_some_and(|v| !is_notifier_volume(v));
+    // Planned while the containers are borrowed (as in `wrap_target`); each op touches only its
+    // own container, and a container has at most one mount at the notifier's path.
+    let mut unwrap: Vec<(PointerBuf, Value)> = Vec::new();
+    let mut unmount: Vec<PointerBuf> = Vec::new();
+    let containers = b.get(&list_path("containers")).and_then(Value::as_array);
+    for (i, c) in containers.into_iter().flatten().enumerate() {
+        let base = element("containers", i);
+        if let Some(original) = c["command"].as_array().and_then(|c| unwrapped_command(c)) {
+            let mut p = base.clone();
+            p.push_back("command");
+            unwrap.push((p, Value::Array(original.to_vec())));
+        }
+        let mounts = c["volumeMounts"].as_array();
+        if let Some(j) = mounts
+            .and_then(|m| m.iter().position(is_notifier_mount))
+            .filter(|_| !volume_is_users)
+        {
+            // The only mount: the list goes too, as it was before the injection added it.
+            let only = mounts.is_some_and(|m| m.len() == 1);
+            let mut p = base;
+            p.push_back("volumeMounts");
+            if !only {
+                p.push_back(j.to_string());
+            }
+            unmount.push(p);
+        }
+    }
+    for (path, original) in unwrap {
+        b.replace(path, original);
+    }
+    for path in unmount {
+        b.remove(path);
+    }
+    remove_if_empty(b, "initContainers");
+    let mounted = |b: &PatchBuilder, volume: &str| {
+        ["initContainers", "containers"].iter().any(|list| {
+            b.get(&list_path(list))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["volumeMounts"].as_array())
+                .flatten()
+                .any(|m| m["name"] == volume)
+        })
+    };
+    for (name, ours) in [
+        (pod::VOLUME, is_notifier_volume as fn(&Value) -> bool),
+        (pod::CA_VOLUME, is_ca_volume),
+    ] {
+        if let Some(i) = index_of(b, "volumes", name) {
+            let path = element("volumes", i);
+            if b.get(&path).is_some_and(ours) && !mounted(b, name) {
+                b.remove(path);
+            }
+        }
+    }
+    remove_if_empty(b, "volumes");
+}
+
+/// Removes a pod spec list the removal left empty, as it was before an injection added it.
+fn remove_if_empty(b: &mut PatchBuilder, list: &str) {
+    let path = list_path(list);
+    if b.get(&path)
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        b.remove(path);
+    }
 }
 
 /// An op `wrap_target` decided on while it read the containers.
@@ -462,13 +679,7 @@ fn wrap_target(b: &mut PatchBuilder, target: &str) {
             }
             continue;
         }
-        let mut wrapped = vec![
-            json!(pod::INSTALLED_BIN),
-            json!("exec"),
-            json!("--result"),
-            json!(pod::RESULT_FILE),
-            json!("--"),
-        ];
+        let mut wrapped: Vec<Value> = WRAPPER.iter().map(|w| json!(w)).collect();
         wrapped.extend(original.iter().cloned());
         let mut p = base.clone();
         p.push_back("command");
