@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use backup_operator::controller::job_template;
 use backup_operator::crd::VolumeBackup;
-use common::cluster::{Mode, cluster, kubectl_stdin, wait_for_event};
+use common::cluster::{Mode, cluster, kubectl, kubectl_stdin, wait_for_event};
 use common::fixtures;
+use futures::TryStreamExt;
 use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Event, ResourceQuota};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
 use testkit::control_plane::wait_for;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -20,6 +22,23 @@ const GC_WAIT: Duration = Duration::from_secs(180);
 
 fn condition(vb: &VolumeBackup, type_: &str) -> Option<(String, String)> {
     fixtures::condition(vb.status.as_ref(), type_)
+}
+
+/// `(status, reason, message, observedGeneration)` of the Ready condition.
+fn ready(vb: &VolumeBackup) -> Option<(String, String, String, Option<i64>)> {
+    vb.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| {
+            (
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+                c.observed_generation,
+            )
+        })
 }
 
 async fn prerequisites(client: &kube::Client, ns: &str) {
@@ -403,4 +422,343 @@ spec:
         .await
         .unwrap();
     }
+}
+
+/// The controller's Created and Updated events in `ns`, by name, with their resourceVersion
+/// (which a repeat of the event, counted into its series, changes).
+async fn write_events(client: &kube::Client, ns: &str) -> Vec<(String, String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut found: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| matches!(e.reason.as_deref(), Some("Created" | "Updated")))
+        .map(|e| {
+            (
+                e.name_any(),
+                e.reason.clone().unwrap_or_default(),
+                e.resource_version().unwrap_or_default(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// `kubectl delete --cascade=foreground` (Argo CD's default) keeps the backup, with a
+/// deletionTimestamp, until the garbage collector has deleted its CronJob. The controller must
+/// not create the CronJob again meanwhile (each deletion of it triggers a reconcile of the
+/// owner), nor report having done so.
+#[tokio::test]
+async fn a_foreground_deletion_does_not_bring_the_cron_job_back() {
+    let cp = cluster(Mode::Full, &[]).cp;
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-foreground").await;
+    let ns = ns.name();
+    prerequisites(&client, ns).await;
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    apply(
+        cp,
+        &manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false)
+            // Its own repository: a shared one would give other tests' backups an init delay.
+            .replace("s3.example.com/restic", "s3.example.com/foreground"),
+    );
+    wait_for("Ready", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = ready(&vb);
+        anyhow::ensure!(
+            ready.as_ref().is_some_and(|r| r.0 == "True"),
+            "Ready is {ready:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    wait_for_event(&client, ns, "Created", None, WAIT).await;
+    let events_before = write_events(&client, ns).await;
+
+    // Every CronJob of that name created from here on, as the apiserver reports it: a poll could
+    // miss one that the garbage collector deletes again within moments.
+    let by_name = WatchParams::default().fields("metadata.name=my-backup-backup");
+    let since = cjs
+        .list(&ListParams::default().fields("metadata.name=my-backup-backup"))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let stream = cjs.watch(&by_name, &since).await.unwrap();
+    let created = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = created.clone();
+    let watching = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Ok(Some(event)) = stream.try_next().await {
+            if let WatchEvent::Added(cj) = event {
+                seen.lock().unwrap().push(cj.uid());
+            }
+        }
+    });
+
+    let deleting = vbs
+        .delete("my-backup", &DeleteParams::foreground())
+        .await
+        .unwrap()
+        .left()
+        .expect("a foreground deletion keeps the backup while its CronJob goes");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    assert!(
+        deleting
+            .finalizers()
+            .iter()
+            .any(|f| f == "foregroundDeletion"),
+        "{:?}",
+        deleting.finalizers()
+    );
+    // See the first test for why the garbage collector may take a while here.
+    wait_for("the backup to be deleted", GC_WAIT, || async {
+        anyhow::ensure!(
+            vbs.get_opt("my-backup").await?.is_none(),
+            "the backup is still there"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // A CronJob created by a reconcile still in flight would show up within moments.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watching.abort();
+    let created = created.lock().unwrap().clone();
+    assert_eq!(
+        created,
+        Vec::<Option<String>>::new(),
+        "CronJobs created after the deletion began"
+    );
+    assert!(cjs.get_opt("my-backup-backup").await.unwrap().is_none());
+    assert_eq!(
+        write_events(&client, ns).await,
+        events_before,
+        "Created/Updated events after the deletion began"
+    );
+}
+
+/// A CronJob the apiserver refuses to create (here: a ResourceQuota allowing none) is reported
+/// as Ready=False with the apiserver's reason and a Warning event, instead of no status at all;
+/// once allowed, the next retry creates it.
+#[tokio::test]
+async fn a_refused_cron_job_is_reported_and_created_once_allowed() {
+    let cp = cluster(Mode::Full, &[]).cp;
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-quota").await;
+    let ns = ns.name();
+    prerequisites(&client, ns).await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    fixtures::create::<ResourceQuota>(
+        &client,
+        ns,
+        serde_json::json!({
+            "metadata": {"name": "no-cronjobs"},
+            "spec": {"hard": {"count/cronjobs.batch": "0"}}
+        }),
+    )
+    .await;
+    // Until kube-controller-manager has computed its usage, the quota refuses with "status
+    // unknown"; the test wants the steady refusal.
+    wait_for("the quota's status", WAIT, || async {
+        let q = quotas.get("no-cronjobs").await?;
+        anyhow::ensure!(
+            q.status
+                .and_then(|s| s.hard)
+                .is_some_and(|h| h.contains_key("count/cronjobs.batch")),
+            "no status yet"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    apply(
+        cp,
+        &manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false)
+            .replace("s3.example.com/restic", "s3.example.com/quota"),
+    );
+    let (_, _, message, _) = wait_for("Ready=False ApplyFailed", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        match ready(&vb) {
+            Some(r) if r.0 == "False" && r.1 == "ApplyFailed" => Ok(r),
+            other => anyhow::bail!("Ready is {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        message.starts_with(&format!("applying CronJob {ns}/my-backup-backup: "))
+            && message.contains("exceeded quota: no-cronjobs"),
+        "{message}"
+    );
+    wait_for_event(&client, ns, "ApplyFailed", Some("Warning"), WAIT).await;
+    let vb = vbs.get("my-backup").await.unwrap();
+    assert_eq!(vb.status.as_ref().unwrap().cron_job_name, None);
+
+    quotas
+        .delete("no-cronjobs", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The retry after a failed reconcile comes 15 s later.
+    wait_for("Ready=True", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = ready(&vb);
+        anyhow::ensure!(
+            ready.as_ref().is_some_and(|r| r.0 == "True"),
+            "Ready is {ready:?}"
+        );
+        anyhow::ensure!(
+            vb.status.as_ref().and_then(|s| s.cron_job_name.as_deref()) == Some("my-backup-backup"),
+            "no cronJobName"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    wait_for_event(&client, ns, "Created", None, WAIT).await;
+}
+
+/// An edit whose CronJob an admission policy refuses (a ValidatingAdmissionPolicy, as a
+/// platform's policy engine would) turns Ready=False with the policy's message instead of
+/// keeping Ready=True and the old message; the old CronJob stays in place, and the edit goes
+/// through once the policy allows it.
+#[tokio::test]
+async fn a_refused_edit_turns_ready_false_and_goes_through_once_allowed() {
+    let cp = cluster(Mode::Full, &[]).cp;
+    let client = cp.client().await;
+    let ns = cp.namespace("ctrl-policy").await;
+    let ns = ns.name();
+    prerequisites(&client, ns).await;
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    let backup = |schedule: &str| {
+        manifest(ns, schedule, "https://hooks.example.com/ok", false)
+            .replace("s3.example.com/restic", "s3.example.com/policy")
+    };
+    apply(cp, &backup("0 3 * * *"));
+    wait_for("Ready=True", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = ready(&vb);
+        anyhow::ensure!(
+            ready.as_ref().is_some_and(|r| r.0 == "True"),
+            "Ready is {ready:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let policy = format!("deny-schedule-{ns}");
+    apply(
+        cp,
+        &format!(
+            r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [batch], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [cronjobs]}}
+  validations:
+  - expression: "object.spec.schedule != '15 4 * * *'"
+    message: "test policy: backups may not run at 04:15"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+"#
+        ),
+    );
+    // The apiserver picks policies up asynchronously: wait until this one visibly acts.
+    let probe = format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: probe, namespace: {ns}}}
+spec:
+  schedule: "15 4 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{{name: c, image: busybox, command: ["true"]}}]
+"#
+    );
+    assert!(
+        testkit::poll(WAIT, Duration::from_millis(300), || {
+            let out = kubectl_stdin(cp, &["apply", "--dry-run=server", "-f", "-"], &probe);
+            String::from_utf8_lossy(&out.stderr).contains("test policy")
+        }),
+        "the admission policy did not act within {WAIT:?}"
+    );
+
+    apply(cp, &backup("15 4 * * *"));
+    let (_, _, message, generation) = wait_for("Ready=False ApplyFailed", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        match ready(&vb) {
+            Some(r) if r.0 == "False" && r.1 == "ApplyFailed" => Ok(r),
+            other => anyhow::bail!("Ready is {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        message.starts_with(&format!("applying CronJob {ns}/my-backup-backup: "))
+            && message.contains("test policy: backups may not run at 04:15"),
+        "{message}"
+    );
+    let vb = vbs.get("my-backup").await.unwrap();
+    assert_eq!(
+        generation, vb.metadata.generation,
+        "Ready is about the edit"
+    );
+    wait_for_event(&client, ns, "ApplyFailed", Some("Warning"), WAIT).await;
+    let cj = cjs.get("my-backup-backup").await.unwrap();
+    assert_eq!(cj.spec.as_ref().unwrap().schedule, "0 3 * * *");
+
+    let deleted = kubectl(
+        cp,
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &policy,
+        ],
+    );
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    // The retry after a failed reconcile comes 15 s later; the apiserver may take a moment to
+    // forget the policy, which costs another retry.
+    wait_for("the edit to go through", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = ready(&vb);
+        anyhow::ensure!(
+            ready.as_ref().is_some_and(|r| r.0 == "True"),
+            "Ready is {ready:?}"
+        );
+        let cj = cjs.get("my-backup-backup").await?;
+        let schedule = &cj.spec.as_ref().unwrap().schedule;
+        anyhow::ensure!(schedule == "15 4 * * *", "schedule {schedule}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    wait_for_event(&client, ns, "Updated", None, WAIT).await;
 }

@@ -128,6 +128,7 @@ pub async fn run(
             secrets_unreadable: Default::default(),
             term_end: term_end.clone(),
             excluded_namespaces: crate::webhook_config::excluded_namespaces(&args.lease_namespace),
+            failure_writes: Default::default(),
         })
     };
     let mut stop_wait = stop.clone();
@@ -226,15 +227,86 @@ async fn run_controller<K: Reconciled>(
         ctx.metrics.clone(),
         done,
     ));
-    controller
-        .run(reconcile::reconcile::<K>, reconcile::error_policy::<K>, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(kind = K::KIND.as_str(), error = %e, "controller event");
-            }
-        })
-        .await;
+    let kind = K::KIND.as_str();
+    let mut watch_warnings = Throttle::default();
+    let mut runner_warnings = Throttle::default();
+    let results = controller.run(reconcile::reconcile::<K>, reconcile::error_policy::<K>, ctx);
+    tokio::pin!(results);
+    while let Some(result) = results.next().await {
+        let Err(e) = result else { continue };
+        let class = classify(&e);
+        let throttle = match class {
+            StreamError::Quiet => None,
+            StreamError::Watch => Some(&mut watch_warnings),
+            StreamError::Runner => Some(&mut runner_warnings),
+        };
+        match (
+            class,
+            throttle.and_then(|t| t.admit(std::time::Instant::now())),
+        ) {
+            (StreamError::Watch, Some(held_back)) => tracing::warn!(
+                kind,
+                error = %e,
+                held_back,
+                "a watch of the controller failed (retrying with backoff); until it recovers, changes go unnoticed"
+            ),
+            (StreamError::Runner, Some(held_back)) => tracing::warn!(
+                kind,
+                error = %e,
+                held_back,
+                "the controller's cache never filled: nothing of this kind is reconciled this term"
+            ),
+            _ => tracing::debug!(kind, error = %e, "controller event"),
+        }
+    }
     let _ = pruner.await;
+}
+
+/// How an error from a controller's stream is logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamError {
+    /// Logged elsewhere (a failed reconcile, by `error_policy`) or harmless (a reconcile
+    /// requested for an object deleted meanwhile).
+    Quiet,
+    /// A list or watch failed (a missing CRD, a removed RBAC rule, an apiserver outage): until
+    /// it recovers the leader misses changes, or for its own kind reconciles nothing at all.
+    Watch,
+    /// The runner gave up waiting for the cache: nothing of this kind is reconciled.
+    Runner,
+}
+
+fn classify<R, Q>(e: &kube::runtime::controller::Error<R, Q>) -> StreamError {
+    use kube::runtime::controller::Error;
+    match e {
+        Error::ObjectNotFound(_) | Error::ReconcilerFailed(..) => StreamError::Quiet,
+        Error::QueueError(_) => StreamError::Watch,
+        Error::RunnerError(_) => StreamError::Runner,
+    }
+}
+
+/// At most one warning per [`Throttle::EVERY`]: a failing watch retries with a backoff of a
+/// few seconds, and one line per retry would bury everything else.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// `Some(how many were held back since the last one)` when a warning is due at `now`.
+    fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::EVERY)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
 }
 
 /// The leader's certificate duties (self-managed mode), until `done`.
@@ -286,5 +358,38 @@ async fn prune_metrics<K: Reconciled>(
                     .get(&ObjectRef::new(&l.name).within(&l.namespace))
                     .is_some()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::controller::Error;
+    use kube::runtime::reflector::ObjectRef;
+
+    type E = Error<reconcile::Error, watcher::Error>;
+
+    #[test]
+    fn watch_failures_are_warnings_and_reconcile_noise_is_not() {
+        let obj = || Box::new(ObjectRef::<VolumeBackup>::new("b").within("ns").erase());
+        let not_found: E = Error::ObjectNotFound(obj());
+        assert_eq!(classify(&not_found), StreamError::Quiet);
+        let failed: E = Error::ReconcilerFailed(reconcile::Error::NoNamespace("b".into()), obj());
+        assert_eq!(classify(&failed), StreamError::Quiet);
+        let watch: E = Error::QueueError(watcher::Error::NoResourceVersion);
+        assert_eq!(classify(&watch), StreamError::Watch);
+    }
+
+    #[test]
+    fn a_failing_watch_warns_once_a_minute_and_counts_the_rest() {
+        let start = std::time::Instant::now();
+        let mut t = Throttle::default();
+        assert_eq!(t.admit(start), Some(0));
+        for s in 1..60 {
+            assert_eq!(t.admit(start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(t.admit(start + Duration::from_secs(60)), Some(59));
+        assert_eq!(t.admit(start + Duration::from_secs(61)), None);
+        assert_eq!(t.admit(start + Duration::from_secs(125)), Some(1));
     }
 }

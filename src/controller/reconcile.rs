@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -45,6 +45,9 @@ pub struct Context {
     pub term_end: super::TermEnd,
     /// Namespaces the admission webhooks never see, so backups there never get the notifier.
     pub excluded_namespaces: Vec<String>,
+    /// When this term last wrote a failure status for a backup (namespace, name), to bound how
+    /// often a failure whose message keeps changing is written (see [`failure_write_due`]).
+    pub failure_writes: std::sync::Mutex<std::collections::HashMap<(String, String), Instant>>,
 }
 
 impl Context {
@@ -100,12 +103,38 @@ impl Backups {
     /// that no two initialise one repository at once (`job_template::init_delay`). A new
     /// backup sorts after the existing ones, so their places hold; only one created in the same
     /// second under an earlier name moves an older one, at that one's next reconcile.
-    pub fn init_delay<K: Reconciled>(&self, r: &K) -> Duration {
+    ///
+    /// `None` until both caches hold their first list. Each leadership term starts with empty
+    /// ones, and kube-runtime holds a controller's reconciles back only until its own kind's
+    /// list is in: a VolumeBackup reconciled before the S3Backup list arrived would count too
+    /// few older backups, and its CronJob's delay (and template hash) would flap.
+    pub fn init_delay<K: Reconciled>(&self, r: &K) -> Option<Duration> {
+        if !(store_ready(&self.volume) && store_ready(&self.s3)) {
+            return None;
+        }
         let url = &r.common().repository.url;
         let me = age(r);
-        job_template::init_delay(older(&self.volume, url, &me) + older(&self.s3, url, &me))
+        Some(job_template::init_delay(
+            older(&self.volume, url, &me) + older(&self.s3, url, &me),
+        ))
     }
 }
+
+/// Whether `store` holds its watch's first complete list (and has not been dropped).
+fn store_ready<R>(store: &Store<R>) -> bool
+where
+    R: Resource + Clone + 'static,
+    R::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+/// How soon a reconcile that found the caches still filling tries again: the first lists of a
+/// term usually take well under a second.
+const CACHES_PENDING: Duration = Duration::from_secs(1);
 
 /// What the Job cache keeps of a Job: the metadata that maps it to its backup and the status
 /// the backup's status is made of. The pod template and managedFields are most of a Job.
@@ -124,6 +153,20 @@ pub enum Error {
     },
     #[error("{0} has no namespace")]
     NoNamespace(String),
+}
+
+impl Error {
+    /// The error for a condition message: the apiserver's own message rather than the Debug
+    /// dump of its Status that `Display` carries for logs.
+    fn message(&self) -> String {
+        match self {
+            Error::Kube {
+                action,
+                source: kube::Error::Api(status),
+            } if !status.message.is_empty() => format!("{action}: {}", status.message),
+            other => other.to_string(),
+        }
+    }
 }
 
 fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -323,7 +366,25 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
     result
 }
 
+// Reasons of a `Ready=False` that a failed step of the reconcile reports.
+
+/// Reading or applying the CronJob failed (the apiserver, an admission webhook or a quota
+/// refused it, say).
+pub const APPLY_FAILED: &str = "ApplyFailed";
+/// Reading a PersistentVolumeClaim or Secret the backup needs failed (not: it is missing).
+pub const DEPENDENCY_CHECK_FAILED: &str = "DependencyCheckFailed";
+
 async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+    // Being deleted. With foreground deletion (Argo CD's default) the backup stays until the
+    // garbage collector has deleted its CronJob; applying now would create the CronJob again,
+    // for the collector to delete again, over and over. Nothing here is worth writing either.
+    if obj.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let Some(init_delay) = ctx.backups.init_delay(obj) else {
+        tracing::debug!(kind = K::KIND.as_str(), name = %obj.name_any(), "backup caches still filling; reconciling shortly");
+        return Ok(Action::requeue(CACHES_PENDING));
+    };
     let name = obj.name_any();
     let ns = obj
         .namespace()
@@ -331,7 +392,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     let kind = K::KIND.as_str();
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     let excluded = ctx.excluded_namespaces.contains(&ns);
-    let desired = job_template::cron_job(obj, &ctx.job_args, ctx.backups.init_delay(obj));
+    let desired = job_template::cron_job(obj, &ctx.job_args, init_delay);
     let cj_name = desired.metadata.name.clone().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
     let previous = obj.status().cloned().unwrap_or_default();
@@ -340,10 +401,13 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     let mut events = Vec::new();
 
     // A CronJob of that name that is not ours is never taken over.
-    let existing = cron_jobs
-        .get_opt(&cj_name)
-        .await
-        .map_err(kube_err(format!("reading CronJob {ns}/{cj_name}")))?;
+    let existing = match cron_jobs.get_opt(&cj_name).await {
+        Ok(existing) => existing,
+        Err(e) => {
+            let e = kube_err(format!("reading CronJob {ns}/{cj_name}"))(e);
+            return Err(report_failure(obj, ctx, APPLY_FAILED, e).await);
+        }
+    };
     let conflict = existing
         .as_ref()
         .is_some_and(|cj| !cj.owner_references().iter().any(|o| o.uid == uid));
@@ -361,14 +425,20 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         let applied = current.is_none();
         let stored = match current {
             Some(cj) => cj,
-            None => cron_jobs
+            None => match cron_jobs
                 .patch(
                     &cj_name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&desired),
                 )
                 .await
-                .map_err(kube_err(format!("applying CronJob {ns}/{cj_name}")))?,
+            {
+                Ok(cj) => cj,
+                Err(e) => {
+                    let e = kube_err(format!("applying CronJob {ns}/{cj_name}"))(e);
+                    return Err(report_failure(obj, ctx, APPLY_FAILED, e).await);
+                }
+            },
         };
         // Events say what was written; a skipped apply wrote nothing.
         if applied && previous.cron_job_name.is_none() {
@@ -391,7 +461,10 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         Some(stored)
     };
 
-    let deps = check_dependencies(&ctx.client, &ns, &obj.dependencies()).await?;
+    let deps = match check_dependencies(&ctx.client, &ns, &obj.dependencies()).await {
+        Ok(deps) => deps,
+        Err(e) => return Err(report_failure(obj, ctx, DEPENDENCY_CHECK_FAILED, e).await),
+    };
     if !deps.unchecked.is_empty() && ctx.secrets_unreadable_in(&ns) {
         // Once per namespace and leadership term: an intended RBAC choice must not flood the
         // log, and a removed rule or an authorizer outage must not go unnoticed either.
@@ -515,36 +588,13 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     // Before the status: the events are derived from the status this reconcile read, so once
     // the new status is stored nobody would publish them again. A failed or abandoned status
     // write repeats some, which the recorder counts into the same event.
-    let reference = obj.object_ref(&());
-    for (type_, reason, note) in events {
-        let event = Event {
-            type_,
-            reason,
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(%kind, %ns, %name, error = %e, "could not publish an event");
-        }
-    }
+    publish(ctx, obj, events).await;
     if new_status != previous {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(
-                status::merge_patch(&new_status)
-                    .map_err(kube::Error::SerdeError)
-                    .map_err(kube_err(format!(
-                        "encoding the status of {kind} {ns}/{name}"
-                    )))?,
-            ),
-        )
-        .await
-        .map_err(kube_err(format!(
-            "updating the status of {kind} {ns}/{name}"
-        )))?;
+        write_status(ctx, obj, &new_status).await?;
+    }
+    // Nothing failed: only backups failing now keep an entry.
+    if let Ok(mut writes) = ctx.failure_writes.lock() {
+        writes.remove(&(ns.clone(), name.clone()));
     }
 
     ctx.metrics.backups.record(
@@ -586,6 +636,133 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     })
 }
 
+/// The most an event's note may hold (the apiserver refuses longer ones).
+const EVENT_NOTE_MAX: usize = 1024;
+/// The most a condition message holds: admission webhooks can deny with pages of text.
+const CONDITION_MESSAGE_MAX: usize = 4096;
+
+/// `s` cut to at most `max` bytes, on a character boundary, marked when cut.
+fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mark = "…";
+    let mut end = max.saturating_sub(mark.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{mark}", &s[..end])
+}
+
+/// Publishes `events` about `obj`; a failure is logged, never fatal (events are best effort).
+async fn publish<K: Reconciled>(ctx: &Context, obj: &K, events: Vec<(EventType, String, String)>) {
+    let reference = obj.object_ref(&());
+    for (type_, reason, note) in events {
+        let event = Event {
+            type_,
+            reason,
+            note: Some(truncated(&note, EVENT_NOTE_MAX)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %e, "could not publish an event");
+        }
+    }
+}
+
+/// Stores `new_status` as `obj`'s status.
+async fn write_status<K: Reconciled>(
+    ctx: &Context,
+    obj: &K,
+    new_status: &BackupStatus,
+) -> Result<(), Error> {
+    let kind = K::KIND.as_str();
+    let name = obj.name_any();
+    let ns = obj
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let patch = status::merge_patch(new_status)
+        .map_err(kube::Error::SerdeError)
+        .map_err(kube_err(format!(
+            "encoding the status of {kind} {ns}/{name}"
+        )))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(kube_err(format!(
+            "updating the status of {kind} {ns}/{name}"
+        )))?;
+    Ok(())
+}
+
+/// How often, at most, a failure status whose message alone changed is written again.
+const FAILURE_REFRESH: Duration = Duration::from_secs(15);
+
+/// Whether a failure status that differs from the stored one (`changed`) is written now. Every
+/// status write makes the watch trigger another reconcile at once; if that one fails the same
+/// way but its message differs (an apiserver message that counts something, say), writing it
+/// would trigger the next, at the apiserver's pace instead of the retry backoff. So a failure
+/// that is news (another reason, `Ready` flipping, a new generation) is written at once, a
+/// message that alone changed at most once per [`FAILURE_REFRESH`].
+fn failure_write_due(news: bool, changed: bool, last: Option<Instant>, now: Instant) -> bool {
+    changed && (news || last.is_none_or(|t| now.saturating_duration_since(t) >= FAILURE_REFRESH))
+}
+
+/// Reports a reconcile that failed before it could work out the status: `Ready=False` with
+/// `reason` and the error as its message, and a Warning event when that is news. Without it, a
+/// new backup would have no status and an edited one would keep `Ready=True` and the old
+/// message. Returns `error` for the controller's retry; a status write that fails as well is
+/// only logged (the retry reports again).
+async fn report_failure<K: Reconciled>(
+    obj: &K,
+    ctx: &Context,
+    reason: &'static str,
+    error: Error,
+) -> Error {
+    let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
+        return error;
+    };
+    let previous = obj.status().cloned().unwrap_or_default();
+    let ready = Observed::new(
+        status::READY,
+        false,
+        reason,
+        truncated(&error.message(), CONDITION_MESSAGE_MAX),
+    );
+    let (new_status, news) =
+        status::with_ready(&previous, &ready, obj.meta().generation, Timestamp::now());
+    let key = (ns, name);
+    let now = Instant::now();
+    let last = ctx
+        .failure_writes
+        .lock()
+        .ok()
+        .and_then(|w| w.get(&key).copied());
+    if !failure_write_due(news, new_status != previous, last, now) {
+        return error;
+    }
+    if news {
+        publish(
+            ctx,
+            obj,
+            vec![(EventType::Warning, reason.to_owned(), ready.message.clone())],
+        )
+        .await;
+    }
+    match write_status(ctx, obj, &new_status).await {
+        Ok(()) => {
+            if let Ok(mut writes) = ctx.failure_writes.lock() {
+                writes.insert(key, now);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(kind = K::KIND.as_str(), namespace = %key.0, name = %key.1, error = %e, "could not report the failed reconcile in the status");
+        }
+    }
+    error
+}
+
 /// The backup's Jobs, from the cache once its first list is in; until then (the first
 /// reconciles of a leadership term, while that list is in flight) by a LIST, so a status never
 /// misses a Job. The cache holds only this kind's Jobs, slimmed; scanning it is far cheaper
@@ -600,12 +777,7 @@ async fn owned_jobs(
         j.metadata.namespace.as_deref() == Some(ns)
             && j.annotations().get(labels::OWNER_NAME).map(String::as_str) == Some(name)
     };
-    if ctx
-        .jobs
-        .wait_until_ready()
-        .now_or_never()
-        .is_some_and(|r| r.is_ok())
-    {
+    if store_ready(&ctx.jobs) {
         return Ok(ctx.jobs.state_filter(ours));
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
@@ -665,6 +837,184 @@ mod tests {
             desired.clone()
         };
         (stored, desired, injector)
+    }
+
+    fn volume_backup(name: &str, url: &str, created: i64) -> VolumeBackup {
+        let spec: VolumeBackupSpec = serde_json::from_value(serde_json::json!({
+            "volumeClaimRef": {"name": "data"},
+            "schedule": "0 3 * * *",
+            "repository": {"url": url, "passwordSecretRef": {"name": "restic", "key": "pw"}}
+        }))
+        .unwrap();
+        let mut vb = VolumeBackup::new(name, spec);
+        vb.metadata.namespace = Some("team-a".into());
+        vb.metadata.uid = Some(format!("uid-{name}"));
+        vb.metadata.generation = Some(1);
+        vb.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(created).unwrap(),
+            ));
+        vb
+    }
+
+    fn s3_backup(name: &str, url: &str, created: i64) -> S3Backup {
+        let spec: crate::crd::S3BackupSpec = serde_json::from_value(serde_json::json!({
+            "source": {"endpoint": "https://s3.example.com", "bucket": "data",
+                       "credentialsSecretRef": {"name": "s3"}},
+            "schedule": "0 3 * * *",
+            "repository": {"url": url, "passwordSecretRef": {"name": "restic", "key": "pw"}}
+        }))
+        .unwrap();
+        let mut b = S3Backup::new(name, spec);
+        b.metadata.namespace = Some("team-a".into());
+        b.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::from_second(created).unwrap(),
+        ));
+        b
+    }
+
+    /// Feeds a watch's first complete list into a cache.
+    fn list<R>(writer: &mut kube::runtime::reflector::store::Writer<R>, objects: Vec<R>)
+    where
+        R: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        use kube::runtime::watcher::Event;
+        writer.apply_watcher_event(&Event::Init);
+        for o in objects {
+            writer.apply_watcher_event(&Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+    }
+
+    /// A VolumeBackup reconciled before the S3Backup list is in would not count an older
+    /// S3Backup on its repository (and get 0 s instead of 20 s): no delay until both are in.
+    #[test]
+    fn the_init_delay_waits_for_both_kinds_first_lists() {
+        let url = "s3:https://s3.example.com/shared";
+        let (volume, mut volume_writer) = kube::runtime::reflector::store();
+        let (s3, mut s3_writer) = kube::runtime::reflector::store();
+        let backups = Backups { volume, s3 };
+        let me = volume_backup("newer", url, 2_000);
+        list(&mut volume_writer, vec![me.clone()]);
+        assert_eq!(backups.init_delay(&me), None, "the S3Backup list is not in");
+        list(&mut s3_writer, vec![s3_backup("older", url, 1_000)]);
+        assert_eq!(backups.init_delay(&me), Some(job_template::INIT_SPACING));
+    }
+
+    /// A Context whose client answers nothing and counts what was asked.
+    fn offline_context(backups: Backups) -> (Context, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        let service = tower::service_fn(move |_: hyper::Request<kube::client::Body>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Err::<hyper::Response<kube::client::Body>, _>(
+                std::io::Error::other("offline"),
+            ))
+        });
+        let client = kube::Client::new(service, "default");
+        let (_, _, injector) = stored_and_desired(false);
+        let (jobs, _) = kube::runtime::reflector::store();
+        let ctx = Context {
+            recorder: Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: "test".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            job_args: JobArgs {
+                restic_image: "restic:test".into(),
+                rclone_image: "rclone:test".into(),
+                backup_deadline: Duration::from_secs(3600),
+            },
+            injector,
+            metrics: Metrics::new(prometheus_client::registry::Registry::default()),
+            jobs,
+            backups,
+            secrets_unreadable: Default::default(),
+            term_end: futures::future::pending().boxed().shared(),
+            excluded_namespaces: Vec::new(),
+            failure_writes: Default::default(),
+        };
+        (ctx, requests)
+    }
+
+    /// A backup being deleted (foreground deletion keeps it while the garbage collector
+    /// deletes its CronJob) and a reconcile that comes before the caches are full write
+    /// nothing; the same backup otherwise goes to the apiserver at once.
+    #[tokio::test]
+    async fn deleting_backups_and_filling_caches_make_no_requests() {
+        use std::sync::atomic::Ordering;
+        let url = "/repo";
+        let (volume, mut volume_writer) = kube::runtime::reflector::store();
+        let (s3, mut s3_writer) = kube::runtime::reflector::store();
+        let (ctx, requests) = offline_context(Backups { volume, s3 });
+        let vb = volume_backup("nightly", url, 1_000);
+        list(&mut volume_writer, vec![vb.clone()]);
+
+        let mut deleting = vb.clone();
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        deleting.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+        let action = reconcile_inner(&deleting, &ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+
+        let action = reconcile_inner(&vb, &ctx).await.unwrap();
+        assert_eq!(
+            action,
+            Action::requeue(CACHES_PENDING),
+            "S3Backup list not in"
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 0);
+
+        list(&mut s3_writer, Vec::new());
+        let deleting = reconcile_inner(&deleting, &ctx).await.unwrap();
+        assert_eq!(deleting, Action::await_change());
+        assert_eq!(requests.load(Ordering::SeqCst), 0);
+        let err = reconcile_inner(&vb, &ctx).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("reading CronJob team-a/nightly-backup"),
+            "{err}"
+        );
+        assert!(requests.load(Ordering::SeqCst) > 0);
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("short", 10), "short");
+        let cut = truncated(&"ä".repeat(600), EVENT_NOTE_MAX);
+        assert!(
+            cut.len() <= EVENT_NOTE_MAX && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+    }
+
+    /// Each failure status write triggers another reconcile at once: news is written at once,
+    /// a message that alone changed no more often than the retry.
+    #[test]
+    fn a_failure_whose_message_alone_changes_is_written_at_the_retry_pace() {
+        let t0 = Instant::now();
+        assert!(failure_write_due(true, true, None, t0));
+        assert!(failure_write_due(true, true, Some(t0), t0));
+        assert!(failure_write_due(false, true, None, t0));
+        assert!(!failure_write_due(
+            false,
+            true,
+            Some(t0),
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(failure_write_due(
+            false,
+            true,
+            Some(t0),
+            t0 + FAILURE_REFRESH
+        ));
+        assert!(!failure_write_due(true, false, None, t0), "nothing changed");
     }
 
     /// Where the webhooks act, a CronJob without the notifier is re-applied (which lets a

@@ -65,6 +65,44 @@ pub fn merge(
     (conditions, flipped)
 }
 
+/// `previous` with its `Ready` condition replaced by `ready`: what a reconcile that failed part
+/// way can say. The rest still describes the CronJob in place, which the failed step did not
+/// change; `observedGeneration` stays too, so that the reconcile that later applies this
+/// generation still reports the update (`Ready` carries the generation that failed). Also
+/// returns whether this is news: `Ready` flips, or changes reason or generation.
+pub fn with_ready(
+    previous: &BackupStatus,
+    ready: &Observed,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (BackupStatus, bool) {
+    let (merged, _) = merge(
+        &previous.conditions,
+        std::slice::from_ref(ready),
+        generation,
+        now,
+    );
+    let mut conditions = previous.conditions.clone();
+    let old = conditions.iter_mut().find(|c| c.type_ == ready.type_);
+    let news = old.as_ref().is_none_or(|c| {
+        c.status != merged[0].status
+            || c.reason != merged[0].reason
+            || c.observed_generation != generation
+    });
+    match (old, merged.into_iter().next()) {
+        (Some(old), Some(new)) => *old = new,
+        (None, Some(new)) => conditions.push(new),
+        (_, None) => {}
+    }
+    (
+        BackupStatus {
+            conditions,
+            ..previous.clone()
+        },
+        news,
+    )
+}
+
 /// How a finished Job ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Finished {
@@ -139,6 +177,69 @@ pub fn latest(a: Option<Time>, b: Option<Timestamp>) -> Option<Time> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn condition(type_: &str, status: &str, reason: &str, generation: i64) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{reason} message"),
+            observed_generation: Some(generation),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    /// A failed reconcile replaces Ready only; the rest describes the CronJob still in place.
+    #[test]
+    fn a_failure_replaces_ready_and_keeps_the_rest() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let previous = BackupStatus {
+            observed_generation: Some(1),
+            cron_job_name: Some("b-backup".into()),
+            conditions: vec![
+                condition(READY, "True", "CronJobReady", 1),
+                condition(NOTIFIER_INJECTED, "True", "NotifierInjected", 1),
+            ],
+            ..Default::default()
+        };
+        let failed = Observed::new(READY, false, "ApplyFailed", "denied");
+        let (status, news) = with_ready(&previous, &failed, Some(2), now);
+        assert!(news);
+        assert_eq!(status.observed_generation, Some(1), "not yet applied");
+        assert_eq!(status.cron_job_name.as_deref(), Some("b-backup"));
+        assert_eq!(status.conditions[1], previous.conditions[1]);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", "ApplyFailed", "denied")
+        );
+        assert_eq!(
+            (ready.observed_generation, ready.last_transition_time.0),
+            (Some(2), now)
+        );
+
+        // The same failure again, with another message: a change, but no news.
+        let later = Timestamp::from_second(2_000).unwrap();
+        let again = Observed::new(READY, false, "ApplyFailed", "denied again");
+        let (next, news) = with_ready(&status, &again, Some(2), later);
+        assert!(!news);
+        assert_eq!(next.conditions[0].message, "denied again");
+        assert_eq!(next.conditions[0].last_transition_time.0, now);
+        // Another reason, or another generation, is news.
+        let other = Observed::new(READY, false, "DependencyCheckFailed", "x");
+        assert!(with_ready(&status, &other, Some(2), later).1);
+        assert!(with_ready(&status, &failed, Some(3), later).1);
+
+        // A new backup: Ready is the only condition.
+        let (first, news) = with_ready(&BackupStatus::default(), &failed, Some(1), now);
+        assert!(news);
+        assert_eq!(first.conditions.len(), 1);
+        assert_eq!(first.observed_generation, None);
+    }
 
     #[test]
     fn the_merge_patch_names_every_member_and_clears_what_is_gone() {
