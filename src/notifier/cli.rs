@@ -120,7 +120,7 @@ pub struct DeliveryArgs {
     /// (webpki-roots), e.g. for an in-cluster relay with a private CA. Read at send time. For
     /// `notify`, a file that is missing or holds no usable certificate leaves the public roots
     /// alone (a public URL still gets its notification; a TLS failure names the file's
-    /// problem); `send` refuses it at once.
+    /// problem); `send` does the same and also names the problem at once.
     #[arg(long, env = env::CA_FILE, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
     #[command(flatten)]
@@ -488,18 +488,20 @@ fn send_main(args: &SendArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A human checking a setup wants a broken CA file named now, not a TLS error later.
-    let client = match args
-        .delivery
-        .client()
-        .and_then(|c| c.trust().check().map(|()| c))
-    {
+    let client = match args.delivery.client() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("backup-notifier send: {e:#}");
             return ExitCode::from(2);
         }
     };
+    // Named now for the human checking a setup, but not fatal: a real notification goes on with
+    // the public roots (a namespace without the optional CA ConfigMap), and so does this one.
+    if let Err(e) = client.trust().check() {
+        eprintln!(
+            "backup-notifier send: warning: {e:#}; sending with the bundled public roots only, as a real notification would"
+        );
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
