@@ -112,6 +112,39 @@ pub fn validity_pem(pem: &str) -> Result<(i64, i64)> {
     validity_der(&der)
 }
 
+/// The certificates of a PEM bundle, each as a PEM block of its own (LF line ends, 64 columns),
+/// so that equal certificates compare equal as text. Blocks that are not certificates, and a
+/// certificate that is not valid PEM, are left out.
+pub fn pem_certificates(pem: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .map_while(Result::ok)
+        .map(|der| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+            let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                out.push_str(&String::from_utf8_lossy(line));
+                out.push('\n');
+            }
+            out.push_str("-----END CERTIFICATE-----\n");
+            out
+        })
+        .collect()
+}
+
+/// One PEM bundle of the certificates in `bundles`, each once, in the order first seen.
+pub fn pem_bundle<'a>(bundles: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut certs: Vec<String> = Vec::new();
+    for cert in bundles.into_iter().flat_map(pem_certificates) {
+        if !certs.contains(&cert) {
+            certs.push(cert);
+        }
+    }
+    certs.concat()
+}
+
 /// The DNS names a Service's clients use: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`.
 pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![

@@ -251,8 +251,13 @@ pub async fn watch_secret(
         match event {
             Ok(secret) => {
                 let data = secret.data.unwrap_or_default();
-                let (Some(cert), Some(key)) = (data.get("tls.crt"), data.get("tls.key")) else {
-                    tracing::warn!(secret = %name, "the certificate Secret has no tls.crt/tls.key yet");
+                // Empty while the leader has the apiserver trust a new CA before it issues the
+                // serving certificate (a re-created or adopted Secret): keep serving the old one.
+                let (Some(cert), Some(key)) = (
+                    data.get("tls.crt").filter(|c| !c.0.is_empty()),
+                    data.get("tls.key").filter(|k| !k.0.is_empty()),
+                ) else {
+                    tracing::info!(secret = %name, "the certificate Secret has no serving certificate yet; keeping the one in use");
                     continue;
                 };
                 install(
