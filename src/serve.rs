@@ -112,6 +112,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
+    args.injector.check().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::default();
     let store = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {

@@ -547,6 +547,25 @@ fn serve_fails_fast_with_one_clear_line() {
         "{err}"
     );
 
+    // A request above its limit: every backup pod would be refused, so the server does not start.
+    let (code, err) = run(
+        &[
+            "--no-controller".as_ref(),
+            "--notifier-memory-request".as_ref(),
+            "128Mi".as_ref(),
+            certs[0],
+            certs[1],
+            certs[2],
+            certs[3],
+        ],
+        &dead,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err.trim().lines().last().unwrap(),
+        "backup-operator: error: --notifier-memory-request 128Mi is above --notifier-memory-limit 64Mi; the apiserver would refuse every backup pod"
+    );
+
     let missing = dir.path().join("nope.crt");
     let (code, err) = run(
         &[

@@ -122,6 +122,10 @@ pub struct InjectorArgs {
     /// Memory limit of the injected containers.
     #[arg(long, default_value = "64Mi", value_parser = crate::quantity::resource)]
     pub notifier_memory_limit: String,
+    /// CPU limit of the injected containers; none by default. Set it where a ResourceQuota on
+    /// limits.cpu (without a LimitRange default) would otherwise refuse every backup pod.
+    #[arg(long, value_parser = crate::quantity::resource)]
+    pub notifier_cpu_limit: Option<String>,
     /// ConfigMap, in each backup's own namespace, with extra CA certificates (PEM) the notifier
     /// trusts besides the bundled public roots: for relays whose certificate a private CA signed.
     /// Mounted optional, so a namespace without it still runs its backups (the notifier then
@@ -203,16 +207,58 @@ pub struct NotifierCa {
     pub key: String,
 }
 
+impl InjectorArgs {
+    /// One line on why the apiserver would refuse every injected pod (a request above its
+    /// limit), checked at start-up rather than found in every backup Job's events.
+    pub fn check(&self) -> Result<(), String> {
+        let pairs = [
+            (
+                "--notifier-memory-request",
+                &self.notifier_memory_request,
+                "--notifier-memory-limit",
+                Some(&self.notifier_memory_limit),
+            ),
+            (
+                "--notifier-cpu-request",
+                &self.notifier_cpu_request,
+                "--notifier-cpu-limit",
+                self.notifier_cpu_limit.as_ref(),
+            ),
+        ];
+        for (request_flag, request, limit_flag, limit) in pairs {
+            let Some(limit) = limit else { continue };
+            let (Ok(r), Ok(l)) = (
+                crate::quantity::parse(request),
+                crate::quantity::parse(limit),
+            ) else {
+                continue;
+            };
+            if r.exceeds(&l) {
+                return Err(format!(
+                    "{request_flag} {request} is above {limit_flag} {limit}; the apiserver would refuse every backup pod"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl InjectorConfig {
     pub fn new(args: &InjectorArgs, policy_env: Vec<(&'static str, String)>) -> Self {
         InjectorConfig {
             image: args.notifier_image.clone(),
             mode: args.notifier_mode,
             timeout: args.notifier_timeout,
-            resources: json!({
-                "requests": {"cpu": args.notifier_cpu_request, "memory": args.notifier_memory_request},
-                "limits": {"memory": args.notifier_memory_limit},
-            }),
+            resources: {
+                let mut limits = json!({"memory": args.notifier_memory_limit});
+                if let Some(cpu) = &args.notifier_cpu_limit {
+                    limits["cpu"] = json!(cpu);
+                }
+                json!({
+                    "requests": {"cpu": args.notifier_cpu_request, "memory": args.notifier_memory_request},
+                    "limits": limits,
+                })
+            },
             policy_env,
             ca: args.notifier_ca_configmap.as_ref().map(|name| NotifierCa {
                 config_map: name.clone(),
@@ -968,6 +1014,31 @@ mod tests {
                 i.notifier_memory_limit
             ],
             ["10m", "16Mi", "64Mi"]
+        );
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+                .unwrap()
+                .injector
+        };
+        assert_eq!(parse(&[]).check(), Ok(()));
+        assert_eq!(
+            parse(&["--notifier-memory-request", "128Mi"]).check(),
+            Err("--notifier-memory-request 128Mi is above --notifier-memory-limit 64Mi; the apiserver would refuse every backup pod".into())
+        );
+        assert_eq!(
+            parse(&["--notifier-cpu-limit", "5m"]).check(),
+            Err("--notifier-cpu-request 10m is above --notifier-cpu-limit 5m; the apiserver would refuse every backup pod".into())
+        );
+        let limited = parse(&["--notifier-cpu-limit", "0.1"]);
+        assert_eq!(limited.check(), Ok(()));
+        let cfg = InjectorConfig::new(&limited, Vec::new());
+        assert_eq!(
+            cfg.resources["limits"],
+            json!({"cpu": "100m", "memory": "64Mi"})
+        );
+        assert_eq!(
+            InjectorConfig::new(&parse(&[]), Vec::new()).resources["limits"],
+            json!({"memory": "64Mi"})
         );
         let e = Cli::try_parse_from(["x", "--notifier-memory-limit", "64MB"])
             .err()
