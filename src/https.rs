@@ -5,12 +5,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
+use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -18,13 +20,20 @@ use tokio_rustls::TlsAcceptor;
 
 /// A client that opens a connection and never completes the handshake must not hold it forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may wait for a complete request head: the first request's, and on a
-/// keep-alive connection the next one's (hyper runs one timer for both, so this is also the idle
-/// timeout). Longer than the 90 s after which the apiserver's client (client-go's transport,
-/// Go's `IdleConnTimeout`) drops an idle connection: the apiserver closes first, so it never
-/// sends a POST into a connection we are closing (Go does not retry a POST on a reused
-/// connection that failed after the request was written).
+/// A new connection's first request must reach the handler within this (after the handshake):
+/// the apiserver sends its review at once, and a connection that sends nothing must not hold
+/// one of [`MAX_CONNECTIONS`] for the whole [`IDLE_TIMEOUT`].
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may wait for its next request head (hyper runs one timer
+/// from the end of a response to the end of the next head). Longer than the 90 s after which
+/// the apiserver's client (client-go's transport, Go's `IdleConnTimeout`) drops an idle
+/// connection: the apiserver closes first, so it never sends a POST into a connection we are
+/// closing (Go does not retry a POST on a reused connection that failed after the request was
+/// written).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The admin port's idle timeout: its clients (kubelet probes, Prometheus) either open a
+/// connection per request or retry at their next interval.
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections beyond this wait in the listen backlog, so a flood of idle connections costs
 /// a bounded amount of memory (a TLS connection's buffers are tens of KiB).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -68,7 +77,7 @@ pub async fn serve(
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
@@ -84,10 +93,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let conn = http1().serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(tls, router, peer, IDLE_TIMEOUT, Some(watcher)).await;
         });
     }
     drop(listener);
@@ -104,18 +110,56 @@ pub async fn serve(
     }
 }
 
-/// HTTP/1.1 with keep-alive and the bounded head read of [`IDLE_TIMEOUT`], for both listeners.
-fn http1() -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+/// Serves one connection with HTTP/1.1 keep-alive: closed when its first request has not
+/// reached the handler within [`FIRST_REQUEST_TIMEOUT`], or a later request head within `idle`
+/// of the previous response. With a `watcher`, a graceful shutdown finishes the request in
+/// flight and closes an idle connection at once.
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    peer: SocketAddr,
+    idle: Duration,
+    watcher: Option<Watcher>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let seen = Arc::new(AtomicBool::new(false));
+    let inner = TowerToHyperService::new(router);
+    let flag = seen.clone();
+    let service = service_fn(move |req| {
+        flag.store(true, Ordering::Relaxed);
+        inner.call(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(IDLE_TIMEOUT)
-        .keep_alive(true);
-    builder
+        .header_read_timeout(idle)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    let served = async move {
+        match watcher {
+            Some(w) => w.watch(conn).await,
+            None => conn.await,
+        }
+    };
+    let first_request = async {
+        tokio::time::sleep(FIRST_REQUEST_TIMEOUT).await;
+        if seen.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = served => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        // No request was ever handed to the handler, so dropping the connection loses nothing.
+        () = first_request => tracing::debug!(%peer, "no request within the first-request timeout; closed"),
+    }
 }
 
-/// Serves `router` over plain HTTP (the admin port: probes and metrics) with the same bounds on
-/// connections and head reads as the admission listener; runs until the process exits.
+/// Serves `router` over plain HTTP (the admin port: probes and metrics) with the same bound on
+/// connections as the admission listener and a short idle timeout; runs until the process exits.
 pub async fn serve_plain(listener: TcpListener, router: Router) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -130,12 +174,10 @@ pub async fn serve_plain(listener: TcpListener, router: Router) {
                 continue;
             }
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = http1().serve_connection(TokioIo::new(tcp), service).await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
+            serve_connection(tcp, router, peer, ADMIN_IDLE_TIMEOUT, None).await;
         });
     }
 }

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Largest admission request body accepted (bigger ones get 413).
     #[arg(long, default_value_t = admission::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Bytes of admission request bodies held at once across all connections (at least
+    /// --max-request-bytes); a body that would go beyond it gets 503.
+    #[arg(long, default_value_t = admission::DEFAULT_BODY_BYTES_IN_FLIGHT)]
+    pub max_request_bytes_in_flight: usize,
     /// On SIGTERM, how long in-flight requests may take to finish. A second signal exits at once.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -183,6 +187,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         injector.clone(),
         metrics.clone(),
         args.max_request_bytes,
+        args.max_request_bytes_in_flight,
     ));
     let health = Arc::new(Health::new(https_addr, metrics.clone())?);
 

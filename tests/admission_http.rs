@@ -602,9 +602,10 @@ fn serve_fails_fast_with_one_clear_line() {
 }
 
 /// A body that trickles is cut off with 408 once the body deadline passes; a body announced
-/// larger than the limit is refused before it is read; and a keep-alive connection left idle for
-/// longer than that is still served (the apiserver drops idle connections after 90 s and must be
-/// the one to close them, or a review it sends races our close).
+/// larger than the limit is refused before it is read; a connection that never sends a request
+/// is closed after the first-request timeout; and a keep-alive connection left idle for longer
+/// than that is still served (the apiserver drops idle connections after 90 s and must be the
+/// one to close them, or a review it sends races our close).
 #[tokio::test]
 async fn a_trickling_body_gets_408_and_an_idle_keep_alive_connection_stays_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -626,6 +627,7 @@ async fn a_trickling_body_gets_408_and_an_idle_keep_alive_connection_stays_open(
             .0,
         200
     );
+    let mut silent = raw_tls(&op, tls.clone()).await;
 
     let answer_to = |head: String, sent: Vec<u8>| {
         let tls = tls.clone();
@@ -665,8 +667,16 @@ async fn a_trickling_body_gets_408_and_an_idle_keep_alive_connection_stays_open(
         "{trickled}"
     );
 
-    // Idle for over 10 s now: still open, and still served.
+    // Over 10 s now: the connection that never sent a request is closed (EOF, bounded only
+    // against a hang)...
     assert!(idle_since.elapsed() >= Duration::from_secs(10));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), silent.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection without a request stayed open: {closed:?}"
+    );
+    // ...and the idle keep-alive one is still open, and still served.
     assert!(
         !idle.closed.is_finished(),
         "idle keep-alive connection closed"
@@ -708,4 +718,85 @@ async fn reading_the_certificate_files_does_not_trigger_another_read() {
         "{reads} re-reads in {:?}: the watcher reacts to its own reads",
         since.elapsed()
     );
+}
+
+/// Request bodies share a budget of bytes held at once, taken as the bytes arrive: with two
+/// bodies stalled that fill it, a third request is refused with 503 at once instead of queueing
+/// behind them; once they are gone, requests are served again.
+#[tokio::test]
+async fn bodies_beyond_the_shared_budget_get_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path());
+    let op = Operator::start(
+        &cert,
+        &key,
+        &[
+            "--no-controller",
+            "--max-request-bytes",
+            "4096",
+            "--max-request-bytes-in-flight",
+            "8192",
+        ],
+    );
+    let tls = tls_client(&ca.cert);
+    let small = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"batch","version":"v1","kind":"CronJob"},"resource":{"group":"batch","version":"v1","resource":"cronjobs"},"operation":"DELETE","userInfo":{}}}"#.to_vec();
+    let mut conn = connect(op.https, tls.clone()).await;
+    assert_eq!(
+        conn.request("POST", "/mutate", Some("application/json"), small.clone())
+            .await
+            .0,
+        200
+    );
+
+    // Two bodies of 4000 bytes announced, 3500 sent: 4 KiB of the budget each.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut raw = raw_tls(&op, tls.clone()).await;
+        raw.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n")
+            .await
+            .unwrap();
+        raw.write_all(&[b' '; 3500]).await.unwrap();
+        raw.flush().await.unwrap();
+        stalled.push(raw);
+    }
+    // The server reads the stalled bytes on its own time: ask until it has.
+    let refused = wait_for(
+        "a 503 while the budget is full",
+        Duration::from_secs(8),
+        || {
+            let (tls, small) = (tls.clone(), small.clone());
+            let op = &op;
+            async move {
+                let mut conn = connect(op.https, tls).await;
+                let (status, body) = conn
+                    .request("POST", "/mutate", Some("application/json"), small)
+                    .await;
+                anyhow::ensure!(status == 503, "{status}: {body}");
+                Ok(body)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        refused.starts_with("busy: 8192 bytes of request bodies are being read")
+            && one_line(&refused),
+        "{refused:?}"
+    );
+
+    drop(stalled);
+    wait_for("the budget back", Duration::from_secs(10), || {
+        let (tls, small) = (tls.clone(), small.clone());
+        let op = &op;
+        async move {
+            let mut conn = connect(op.https, tls).await;
+            let (status, body) = conn
+                .request("POST", "/mutate", Some("application/json"), small)
+                .await;
+            anyhow::ensure!(status == 200, "{status}: {body}");
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
 }

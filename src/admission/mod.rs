@@ -34,10 +34,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 7 * 1024 * 1024;
 /// client trickling one must not hold the memory it announced.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bytes of request bodies held at once, across all connections (at least one largest body).
-/// Beyond it a request waits for room within [`BODY_READ_TIMEOUT`] and is then refused with 503,
-/// so concurrent large bodies cannot take the pod past its memory limit.
-pub const BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// Default bytes of request bodies held at once, across all connections (at least one largest
+/// body). A body that would go beyond it is refused with 503, so concurrent large bodies cannot
+/// take the pod past its memory limit.
+pub const DEFAULT_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
 /// Everything the handlers need; shared by all connections.
 pub struct AdmissionState {
@@ -45,8 +45,9 @@ pub struct AdmissionState {
     pub injector: InjectorConfig,
     pub metrics: Metrics,
     pub max_request_bytes: usize,
-    /// [`BODY_BYTES_IN_FLIGHT`] in KiB permits; see [`AdmissionState::new`].
+    /// Bytes of request bodies held at once, in KiB permits; see [`AdmissionState::new`].
     body_budget: Arc<Semaphore>,
+    body_budget_bytes: usize,
 }
 
 impl AdmissionState {
@@ -55,14 +56,16 @@ impl AdmissionState {
         injector: InjectorConfig,
         metrics: Metrics,
         max_request_bytes: usize,
+        body_bytes_in_flight: usize,
     ) -> Self {
-        let budget = BODY_BYTES_IN_FLIGHT.max(max_request_bytes);
+        let budget = body_bytes_in_flight.max(max_request_bytes);
         Self {
             policy,
             injector,
             metrics,
             max_request_bytes,
             body_budget: Arc::new(Semaphore::new(kib(budget))),
+            body_budget_bytes: budget,
         }
     }
 }
@@ -146,7 +149,7 @@ impl IntoResponse for BadRequest {
 /// A request body and its share of the body budget, returned when both are dropped.
 struct HeldBody {
     bytes: Bytes,
-    _budget: OwnedSemaphorePermit,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// Reads a review's body, enforcing content type, size, the body budget and the read deadline.
@@ -174,39 +177,8 @@ async fn read_body(
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    // Without a length (chunked), room for the largest body allowed.
-    let need = announced.map_or(limit, |n| n as usize);
-    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
-    let permits = u32::try_from(kib(need)).unwrap_or(u32::MAX);
-    let budget = match tokio::time::timeout_at(
-        deadline,
-        state.body_budget.clone().acquire_many_owned(permits),
-    )
-    .await
-    {
-        Ok(Ok(budget)) => budget,
-        Ok(Err(_)) => {
-            return Err(BadRequest(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting down".into(),
-            ));
-        }
-        Err(_) => {
-            return Err(BadRequest(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "busy: {} MiB of other request bodies were being read for {}s",
-                    BODY_BYTES_IN_FLIGHT / (1024 * 1024),
-                    BODY_READ_TIMEOUT.as_secs()
-                ),
-            ));
-        }
-    };
-    match tokio::time::timeout_at(deadline, read_limited(body, limit)).await {
-        Ok(read) => read.map(|bytes| HeldBody {
-            bytes,
-            _budget: budget,
-        }),
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(state, body, limit)).await {
+        Ok(read) => read,
         Err(_) => Err(BadRequest(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -224,18 +196,57 @@ fn too_large(limit: usize) -> BadRequest {
     )
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, BadRequest> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_big = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_big {
-            too_large(limit)
-        } else {
+/// Collects the body up to `limit` bytes, taking its share of the body budget as the bytes
+/// arrive: a client that announces a large body and sends nothing holds nothing. A share that
+/// is not free at once is refused (503) rather than waited for, so bodies being trickled in
+/// cannot make the apiserver's small reviews queue behind them.
+async fn read_limited(
+    state: &AdmissionState,
+    mut body: Body,
+    limit: usize,
+) -> Result<HeldBody, BadRequest> {
+    use http_body_util::BodyExt;
+    let mut bytes = Vec::new();
+    let mut budget: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             BadRequest(
                 StatusCode::BAD_REQUEST,
                 format!("could not read the request body: {e}"),
             )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = bytes.len() + data.len();
+        if len > limit {
+            return Err(too_large(limit));
         }
+        let held = budget.as_ref().map_or(0, |p| p.num_permits());
+        let more = kib(len).saturating_sub(held);
+        if more > 0 {
+            let permits = u32::try_from(more)
+                .ok()
+                .and_then(|n| state.body_budget.clone().try_acquire_many_owned(n).ok())
+                .ok_or_else(|| {
+                    BadRequest(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "busy: {} bytes of request bodies are being read; try again",
+                            state.body_budget_bytes
+                        ),
+                    )
+                })?;
+            match budget.as_mut() {
+                Some(held) => held.merge(permits),
+                None => budget = Some(permits),
+            }
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(HeldBody {
+        bytes: Bytes::from(bytes),
+        _budget: budget,
     })
 }
 
