@@ -363,6 +363,31 @@ fn a_target_without_command_or_a_missing_target_is_left_alone_with_a_warning() {
         "{:?}",
         m.warnings
     );
+
+    // The notifier as the target, in container mode where it is a regular container: it would
+    // wrap itself, and the next request would not know it for ours. Declined from the start,
+    // and after an injection the injection goes.
+    let cfg = config(NotifierMode::Container);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let mut injected = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    injected["metadata"]["annotations"]["backups.k8s.bnerd.com/notify-container"] =
+        json!("notifier");
+    let m = inject::mutate(injected.clone(), &cfg);
+    assert!(!m.injected());
+    assert!(
+        m.warnings[0].contains("names container \"notifier\", the notifier itself"),
+        "{:?}",
+        m.warnings
+    );
+    let declined = apply(&injected, &m.patch);
+    let containers = &declined["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"];
+    assert!(
+        containers
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| c["name"] != "notifier")),
+        "{containers:#}"
+    );
+    assert!(inject::mutate(declined, &cfg).patch.is_empty());
 }
 
 /// How a user turns an injected CronJob into one the injector declines.
@@ -518,6 +543,12 @@ fn a_users_own_entry_under_a_reserved_name_stops_the_injection_and_is_left_alone
             "initContainers",
             json!({"name": "notifier-install", "image": "busybox"}),
             "init container \"notifier-install\"",
+        ),
+        // Init and regular containers share their names: ours would clash with it.
+        (
+            "containers",
+            json!({"name": "notifier-install", "image": "busybox", "command": ["true"]}),
+            "container \"notifier-install\"",
         ),
         (
             "volumes",

@@ -348,6 +348,13 @@ fn injection_target(cron_job: &Value) -> Result<String, Option<String>> {
                 Some("backup-operator: the CronJob has no container to wrap; no notification will be sent".to_owned())
             })?,
     };
+    // The notifier cannot wrap itself: the next request would no longer recognise it as ours.
+    if target_name == pod::NOTIFIER_CONTAINER {
+        return Err(Some(format!(
+            "backup-operator: annotation {} names container {target_name:?}, the notifier itself; name the backup container. No notification will be sent",
+            annotations::NOTIFY_CONTAINER
+        )));
+    }
     let Some(target) = named(containers, target_name) else {
         return Err(Some(format!(
             "backup-operator: annotation {} names container {target_name:?}, which does not exist; no notification will be sent",
@@ -384,8 +391,11 @@ type Reserved = (&'static str, &'static str, fn(&Value) -> bool);
 
 /// The entries the injector owns by name. The CA volume is not here: a user's own of that name
 /// only costs the notifier the extra CA (see [`is_ca_volume`]).
-const RESERVED: [Reserved; 4] = [
+const RESERVED: [Reserved; 5] = [
     ("volumes", pod::VOLUME, is_notifier_volume),
+    // Init and regular containers share one namespace of names, and the install container is
+    // only ever an init container.
+    ("containers", pod::INSTALL_CONTAINER, |_| false),
     (
         "initContainers",
         pod::INSTALL_CONTAINER,
