@@ -8,6 +8,7 @@ pub mod reconcile;
 pub mod status;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -152,11 +153,14 @@ pub async fn run(
         // Each term starts from fresh caches: a follower's would be stale.
         let (vb_jobs, vb_writer) = reflector::store();
         let (s3_jobs, s3_writer) = reflector::store();
-        let vb = controller::<VolumeBackup>(&client, vb_writer, concurrency, done.clone());
-        let s3 = controller::<S3Backup>(&client, s3_writer, concurrency, done.clone());
+        let (vb, volume_listed) =
+            controller::<VolumeBackup>(&client, vb_writer, concurrency, done.clone());
+        let (s3, s3_listed) = controller::<S3Backup>(&client, s3_writer, concurrency, done.clone());
         let backups = Backups {
             volume: vb.store(),
             s3: s3.store(),
+            volume_listed,
+            s3_listed,
         };
         let vb = run_controller(vb, context(vb_jobs, &backups, &done), done.clone());
         let s3 = run_controller(s3, context(s3_jobs, &backups, &done), done.clone());
@@ -191,13 +195,29 @@ pub async fn run(
 }
 
 /// The controller of `K`: its own watch, the CronJobs it owns, and the Jobs (also cached into
-/// `jobs`).
+/// `jobs`); and a flag that turns true once its own watch has listed every `K` (the other
+/// kind's reconciles need that, see [`Backups::init_delay`]).
 fn controller<K: Reconciled>(
     client: &kube::Client,
     jobs: Writer<Job>,
     concurrency: u16,
     done: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Controller<K> {
+) -> (Controller<K>, Arc<AtomicBool>) {
+    use futures::TryStreamExt;
+    // Controller::new's own watch, with the first complete list observed on the way.
+    let listed = Arc::new(AtomicBool::new(false));
+    let flag = listed.clone();
+    let (reader, writer) = reflector::store::<K>();
+    let own = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            flag.store(true, Ordering::Release);
+        }
+    })
+    .applied_objects();
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::OWNER_KIND, K::KIND.as_str()));
     // The Jobs are cached as well as watched, so a reconcile reads its Jobs from memory instead
@@ -207,14 +227,15 @@ fn controller<K: Reconciled>(
         .default_backoff()
         .reflect(jobs)
         .touched_objects();
-    Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::for_stream(own, reader)
         .owns(Api::<CronJob>::all(client.clone()), owned)
         .watches_stream(job_events, |job: Job| {
             let name = job.annotations().get(labels::OWNER_NAME)?.clone();
             Some(ObjectRef::<K>::new(&name).within(&job.namespace()?))
         })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(done)
+        .graceful_shutdown_on(done);
+    (controller, listed)
 }
 
 async fn run_controller<K: Reconciled>(

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -65,6 +66,11 @@ impl Context {
 pub struct Backups {
     pub volume: Store<VolumeBackup>,
     pub s3: Store<S3Backup>,
+    /// Whether each kind's watch has delivered its first complete list this term, set by the
+    /// controller's own watch stream on `InitDone`. Not `Store::wait_until_ready`: that
+    /// future's one-slot channel would take the wake-up the other kind's controller waits on.
+    pub volume_listed: Arc<AtomicBool>,
+    pub s3_listed: Arc<AtomicBool>,
 }
 
 /// Creation order, ties broken by kind, namespace and name; borrowed, since a reconcile compares
@@ -109,7 +115,8 @@ impl Backups {
     /// list is in: a VolumeBackup reconciled before the S3Backup list arrived would count too
     /// few older backups, and its CronJob's delay (and template hash) would flap.
     pub fn init_delay<K: Reconciled>(&self, r: &K) -> Option<Duration> {
-        if !(store_ready(&self.volume) && store_ready(&self.s3)) {
+        let listed = |flag: &AtomicBool| flag.load(Ordering::Acquire);
+        if !(listed(&self.volume_listed) && listed(&self.s3_listed)) {
             return None;
         }
         let url = &r.common().repository.url;
@@ -120,7 +127,9 @@ impl Backups {
     }
 }
 
-/// Whether `store` holds its watch's first complete list (and has not been dropped).
+/// Whether `store` holds its watch's first complete list (and has not been dropped). Only for
+/// a store nothing else waits on (the Job caches): polling takes the readiness channel's one
+/// wake-up slot.
 fn store_ready<R>(store: &Store<R>) -> bool
 where
     R: Resource + Clone + 'static,
@@ -893,11 +902,18 @@ mod tests {
         let url = "s3:https://s3.example.com/shared";
         let (volume, mut volume_writer) = kube::runtime::reflector::store();
         let (s3, mut s3_writer) = kube::runtime::reflector::store();
-        let backups = Backups { volume, s3 };
+        let backups = Backups {
+            volume,
+            s3,
+            volume_listed: Arc::default(),
+            s3_listed: Arc::default(),
+        };
         let me = volume_backup("newer", url, 2_000);
         list(&mut volume_writer, vec![me.clone()]);
+        backups.volume_listed.store(true, Ordering::Release);
         assert_eq!(backups.init_delay(&me), None, "the S3Backup list is not in");
         list(&mut s3_writer, vec![s3_backup("older", url, 1_000)]);
+        backups.s3_listed.store(true, Ordering::Release);
         assert_eq!(backups.init_delay(&me), Some(job_template::INIT_SPACING));
     }
 
@@ -950,9 +966,15 @@ mod tests {
         let url = "/repo";
         let (volume, mut volume_writer) = kube::runtime::reflector::store();
         let (s3, mut s3_writer) = kube::runtime::reflector::store();
-        let (ctx, requests) = offline_context(Backups { volume, s3 });
+        let (ctx, requests) = offline_context(Backups {
+            volume,
+            s3,
+            volume_listed: Arc::default(),
+            s3_listed: Arc::default(),
+        });
         let vb = volume_backup("nightly", url, 1_000);
         list(&mut volume_writer, vec![vb.clone()]);
+        ctx.backups.volume_listed.store(true, Ordering::Release);
 
         let mut deleting = vb.clone();
         deleting.metadata.deletion_timestamp = Some(
@@ -971,6 +993,7 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 0);
 
         list(&mut s3_writer, Vec::new());
+        ctx.backups.s3_listed.store(true, Ordering::Release);
         let deleting = reconcile_inner(&deleting, &ctx).await.unwrap();
         assert_eq!(deleting, Action::await_change());
         assert_eq!(requests.load(Ordering::SeqCst), 0);
