@@ -10,18 +10,20 @@
 //!    holds both, so old and new serving certificates are trusted;
 //! 4. `stable` again: the old CA leaves the bundle.
 //!
-//! A phase is left only a step after both webhook configurations were *seen* holding its bundle
-//! (the `ca-bundle-confirmed` annotation records when, for which phase and bundle), not a step
-//! after the Secret was written: writing the bundle into them may fail (an API error, the end of
-//! the leader's term between the two writes), and the replicas follow the Secret within a
-//! second. So the serving certificate of a new CA is written only once the apiserver has had a
-//! step to trust it, and an old CA leaves the bundle only a step after no certificate of it is in
-//! the Secret any more.
+//! A phase is left only a hold ([`RotationConfig::hold`], an hour with production validities)
+//! after both webhook configurations were *seen* holding its bundle (the `ca-bundle-confirmed`
+//! annotation records when, for which phase and bundle), not after the Secret was written:
+//! writing the bundle into them may fail (an API error, the end of the leader's term between the
+//! two writes). So the serving certificate of a new CA is written only once the apiserver has
+//! trusted it for a hold, and an old CA leaves the bundle only a hold after no certificate of it
+//! is in the Secret any more: the time a replica whose Secret watch lags (a failing watch backs
+//! off for up to half a minute) has to load the new one, and the margin for a leader whose clock
+//! runs ahead of the one that confirmed.
 //!
 //! A Secret this operator did not write, or cannot read (cert-manager's `tls.crt`, `tls.key`,
 //! `ca.crt` only; a damaged one), is adopted by the same sequence: a new CA is trusted beside
 //! every CA trusted now (the Secret's `ca.crt` and both configurations' caBundle), and served a
-//! step later. So is a Secret deleted while the configurations trust a CA: the replicas keep
+//! hold later. So is a Secret deleted while the configurations trust a CA: the replicas keep
 //! serving the certificate they loaded (a deletion changes nothing they hold), and the new
 //! Secret carries no serving certificate until the new CA is trusted.
 //!
@@ -68,9 +70,19 @@ pub struct RotationConfig {
 }
 
 impl RotationConfig {
-    /// Time between the phases of a CA rotation, and between checks.
+    /// Time between checks.
     pub fn step(&self) -> Duration {
         (self.cert_validity / 10).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    /// How long a phase of a CA rotation holds once the configurations were seen holding its
+    /// bundle: the time replicas get to follow the Secret before the old CA leaves the bundle,
+    /// and the margin for a leader whose clock runs ahead of the one that confirmed. Nothing is
+    /// lost by holding long (a CA rotates once in a CA lifetime, and old and new are both
+    /// trusted meanwhile), so an hour with production validities; short validities (tests)
+    /// shorten it with the step.
+    pub fn hold(&self) -> Duration {
+        (self.cert_validity / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
     /// A serving certificate by `ca`, never outliving it.
@@ -239,12 +251,12 @@ fn introduce(
     }
 }
 
-/// The next state of a Secret, if any. `step_done`: both configurations have held the bundle
-/// for a step.
+/// The next state of a Secret, if any. `held`: both configurations have held the bundle
+/// for [`RotationConfig::hold`].
 fn decide(
     cfg: &RotationConfig,
     s: &Stored,
-    step_done: bool,
+    held: bool,
 ) -> Result<Option<(Phase, BTreeMap<String, ByteString>)>> {
     match (s.phase, &s.signing, &s.next) {
         (Phase::Stable, Some(signing), _) if due(&signing.cert)? => {
@@ -256,14 +268,14 @@ fn decide(
                 data(&bundle, Some(signing), s.serving.as_ref(), Some(&new_ca)),
             )));
         }
-        (Phase::BundleExtended, _, Some(new_ca)) if step_done => {
+        (Phase::BundleExtended, _, Some(new_ca)) if held => {
             tracing::info!("CA rotation 2/3: serving a certificate of the new CA");
             return Ok(Some((
                 Phase::SigningSwitched,
                 data(&s.bundle, Some(new_ca), Some(&cfg.issue(new_ca)?), None),
             )));
         }
-        (Phase::SigningSwitched, Some(signing), _) if step_done => {
+        (Phase::SigningSwitched, Some(signing), _) if held => {
             tracing::info!("CA rotation 3/3: the old CA leaves the bundle");
             let bundle = certs::pem_bundle([signing.cert.as_bytes()]);
             return Ok(Some((
@@ -329,13 +341,13 @@ pub async fn reconcile(client: &kube::Client, cfg: &RotationConfig) -> Result<Du
         }
     };
     let confirmed = confirm(client, cfg, &secrets, &mut secret, &stored).await;
-    let step = i64::try_from(cfg.step().as_millis()).unwrap_or(i64::MAX);
-    let step_done = confirmed
+    let hold = i64::try_from(cfg.hold().as_millis()).unwrap_or(i64::MAX);
+    let held = confirmed
         .as_ref()
-        .is_ok_and(|since| now_ms().saturating_sub(*since) >= step);
+        .is_ok_and(|since| now_ms().saturating_sub(*since) >= hold);
     // Renewals and the start of a rotation go on while the bundle cannot be written: neither
     // puts a certificate into the Secret that the bundle in the configurations does not trust.
-    match decide(cfg, &stored, step_done)? {
+    match decide(cfg, &stored, held)? {
         Some((phase, data)) => {
             write(&secrets, cfg, &mut secret, phase, data).await?;
             let stored = parse(&secret).map_err(|e| anyhow!("the written Secret: {e}"))?;
@@ -354,7 +366,7 @@ pub async fn reconcile(client: &kube::Client, cfg: &RotationConfig) -> Result<Du
 /// they loaded (`tls::watch_secret` acts on written Secrets, not on deletions), so creating both
 /// at once would let them switch to a certificate the apiserver does not trust yet: the new CA
 /// is introduced by extend-then-switch instead, and the Secret carries empty `tls.crt`/`tls.key`
-/// until the switch, a step after the configurations were seen holding the new CA (replicas
+/// until the switch, a hold after the configurations were seen holding the new CA (replicas
 /// keep the certificate in use; one that starts meanwhile is not ready until then).
 async fn create(
     client: &kube::Client,
@@ -390,7 +402,7 @@ async fn create(
 }
 
 /// A Secret without our keys (cert-manager's: `tls.crt`, `tls.key`, `ca.crt`) or one that cannot
-/// be read: a new CA is trusted beside everything trusted now and served a step later, while the
+/// be read: a new CA is trusted beside everything trusted now and served a hold later, while the
 /// replicas go on serving the Secret's certificate.
 async fn adopt(
     client: &kube::Client,
@@ -683,7 +695,7 @@ mod tests {
         assert!(s.serving.is_none());
         assert_eq!(certs::pem_certificates(s.bundle.as_bytes()).len(), 2);
         assert!(trusts(&s.bundle, &cfg().issue(&old).unwrap().cert));
-        // No renewal without a signing CA, and no switch before the step is done.
+        // No renewal without a signing CA, and no switch before the hold is over.
         assert!(decide(&cfg(), &s, false).unwrap().is_none());
         let (phase, data) = decide(&cfg(), &s, true).unwrap().unwrap();
         assert_eq!(phase, Phase::SigningSwitched);
