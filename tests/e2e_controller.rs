@@ -585,21 +585,7 @@ async fn a_refused_cron_job_is_reported_and_created_once_allowed() {
         &manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false)
             .replace("s3.example.com/restic", "s3.example.com/quota"),
     );
-    let (_, _, message, _) = wait_for("Ready=False ApplyFailed", WAIT, || async {
-        let vb = vbs.get("my-backup").await?;
-        match ready(&vb) {
-            Some(r) if r.0 == "False" && r.1 == "ApplyFailed" => Ok(r),
-            other => anyhow::bail!("Ready is {other:?}"),
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        message.starts_with(&format!("applying CronJob {ns}/my-backup-backup: "))
-            && message.contains("exceeded quota: no-cronjobs"),
-        "{message}"
-    );
-    wait_for_event(&client, ns, "ApplyFailed", Some("Warning"), WAIT).await;
+    apply_failed(&client, ns, "exceeded quota: no-cronjobs").await;
     let vb = vbs.get("my-backup").await.unwrap();
     assert_eq!(vb.status.as_ref().unwrap().cron_job_name, None);
 
@@ -708,26 +694,12 @@ spec:
     );
 
     apply(cp, &backup("15 4 * * *"));
-    let (_, _, message, generation) = wait_for("Ready=False ApplyFailed", WAIT, || async {
-        let vb = vbs.get("my-backup").await?;
-        match ready(&vb) {
-            Some(r) if r.0 == "False" && r.1 == "ApplyFailed" => Ok(r),
-            other => anyhow::bail!("Ready is {other:?}"),
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        message.starts_with(&format!("applying CronJob {ns}/my-backup-backup: "))
-            && message.contains("test policy: backups may not run at 04:15"),
-        "{message}"
-    );
+    let generation = apply_failed(&client, ns, "test policy: backups may not run at 04:15").await;
     let vb = vbs.get("my-backup").await.unwrap();
     assert_eq!(
         generation, vb.metadata.generation,
         "Ready is about the edit"
     );
-    wait_for_event(&client, ns, "ApplyFailed", Some("Warning"), WAIT).await;
     let cj = cjs.get("my-backup-backup").await.unwrap();
     assert_eq!(cj.spec.as_ref().unwrap().schedule, "0 3 * * *");
 
@@ -761,4 +733,27 @@ spec:
     .await
     .unwrap();
     wait_for_event(&client, ns, "Updated", None, WAIT).await;
+}
+
+/// Waits for `my-backup` to turn Ready=False with reason ApplyFailed, its message naming the
+/// CronJob apply and containing `why` (the apiserver's refusal), and for the Warning event;
+/// returns the generation the condition is about.
+async fn apply_failed(client: &kube::Client, ns: &str, why: &str) -> Option<i64> {
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let (_, _, message, generation) = wait_for("Ready=False ApplyFailed", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        match ready(&vb) {
+            Some(r) if r.0 == "False" && r.1 == "ApplyFailed" => Ok(r),
+            other => anyhow::bail!("Ready is {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        message.starts_with(&format!("applying CronJob {ns}/my-backup-backup: "))
+            && message.contains(why),
+        "{message}"
+    );
+    wait_for_event(client, ns, "ApplyFailed", Some("Warning"), WAIT).await;
+    generation
 }
