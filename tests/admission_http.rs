@@ -367,23 +367,10 @@ async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_
     let (ca, cert, key) = dev_certs(dir.path());
     let mut op = Operator::start(&cert, &key, &["--no-controller"]);
     let tls = tls_client(&ca.cert);
-    let body = serde_json::to_vec(&review(
-        "backups.k8s.bnerd.com",
-        "VolumeBackup",
-        "CREATE",
-        volume_backup(Some("https://hooks.example.com/x"), None),
-        None,
-    ))
-    .unwrap();
+    let body = allowed_review();
 
     // An idle keep-alive connection, and a request whose body is still on its way.
-    let mut idle = connect(op.https, tls.clone()).await;
-    assert_eq!(
-        idle.request("POST", "/validate", Some("application/json"), body.clone())
-            .await
-            .0,
-        200
-    );
+    let mut idle = used_connection(&op, tls.clone(), &body).await;
     let mut slow = raw_tls(&op, tls.clone()).await;
     let head = format!(
         "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -612,21 +599,8 @@ async fn a_trickling_body_gets_408_and_an_idle_keep_alive_connection_stays_open(
     let (ca, cert, key) = dev_certs(dir.path());
     let op = Operator::start(&cert, &key, &["--no-controller"]);
     let tls = tls_client(&ca.cert);
-    let body = serde_json::to_vec(&review(
-        "backups.k8s.bnerd.com",
-        "VolumeBackup",
-        "CREATE",
-        volume_backup(Some("https://hooks.example.com/x"), None),
-        None,
-    ))
-    .unwrap();
-    let mut idle = connect(op.https, tls.clone()).await;
-    assert_eq!(
-        idle.request("POST", "/validate", Some("application/json"), body.clone())
-            .await
-            .0,
-        200
-    );
+    let body = allowed_review();
+    let mut idle = used_connection(&op, tls.clone(), &body).await;
     let mut silent = raw_tls(&op, tls.clone()).await;
 
     let answer_to = |head: String, sent: Vec<u8>| {
@@ -799,4 +773,32 @@ async fn bodies_beyond_the_shared_budget_get_503_at_once() {
     })
     .await
     .unwrap();
+}
+
+/// The body of a VolumeBackup review the webhook allows.
+fn allowed_review() -> Vec<u8> {
+    serde_json::to_vec(&review(
+        "backups.k8s.bnerd.com",
+        "VolumeBackup",
+        "CREATE",
+        volume_backup(Some("https://hooks.example.com/x"), None),
+        None,
+    ))
+    .unwrap()
+}
+
+/// A keep-alive connection that has carried one allowed review and is now idle.
+async fn used_connection(
+    op: &Operator,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    body: &[u8],
+) -> Conn {
+    let mut conn = connect(op.https, tls).await;
+    assert_eq!(
+        conn.request("POST", "/validate", Some("application/json"), body.to_vec())
+            .await
+            .0,
+        200
+    );
+    conn
 }
