@@ -29,3 +29,25 @@ pub fn poll(limit: Duration, every: Duration, mut check: impl FnMut() -> bool) -
         std::thread::sleep(every);
     }
 }
+
+/// A free loopback port for a program that binds it itself, below the kernel's ephemeral range:
+/// a port from binding `:0` is an ephemeral one, which any outgoing connection may take between
+/// this check and the program's bind (`tools/control-plane/cp` picks its ports the same way).
+pub fn free_port() -> std::io::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(10001);
+    // Start at a point that differs per process and call, so parallel callers spread out.
+    let span = low - 10000;
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let start = (seed % u64::from(span)) as u16;
+    (0..span)
+        .map(|i| 10000 + (start + i) % span)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .ok_or_else(|| std::io::Error::other("no free port below the ephemeral range"))
+}

@@ -2,7 +2,6 @@
 //! made for the occasion. Built by `tools/s3-server build` (cached outside the repository);
 //! a test that needs it fails, with the command to run, when it is missing.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,7 +63,7 @@ impl S3Server {
         std::fs::write(&ca_file, ca_cert.pem())?;
         std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
         std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::free_port()?;
         let log = std::fs::File::create(dir.path().join("versitygw.log"))?;
         let mut cmd = Command::new(bin);
         // Dies with the thread that started it (the test's), also when the test binary is killed.
