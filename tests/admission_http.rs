@@ -734,24 +734,15 @@ async fn bodies_beyond_the_shared_budget_get_503_at_once() {
         stalled.push(raw);
     }
     // The server reads the stalled bytes on its own time: ask until it has.
-    let refused = wait_for(
+    let refused = wait_status(
+        &op,
+        &tls,
+        &small,
+        503,
         "a 503 while the budget is full",
         Duration::from_secs(8),
-        || {
-            let (tls, small) = (tls.clone(), small.clone());
-            let op = &op;
-            async move {
-                let mut conn = connect(op.https, tls).await;
-                let (status, body) = conn
-                    .request("POST", "/mutate", Some("application/json"), small)
-                    .await;
-                anyhow::ensure!(status == 503, "{status}: {body}");
-                Ok(body)
-            }
-        },
     )
-    .await
-    .unwrap();
+    .await;
     assert!(
         refused.starts_with("busy: 8192 bytes of request bodies are being read")
             && one_line(&refused),
@@ -759,20 +750,15 @@ async fn bodies_beyond_the_shared_budget_get_503_at_once() {
     );
 
     drop(stalled);
-    wait_for("the budget back", Duration::from_secs(10), || {
-        let (tls, small) = (tls.clone(), small.clone());
-        let op = &op;
-        async move {
-            let mut conn = connect(op.https, tls).await;
-            let (status, body) = conn
-                .request("POST", "/mutate", Some("application/json"), small)
-                .await;
-            anyhow::ensure!(status == 200, "{status}: {body}");
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_status(
+        &op,
+        &tls,
+        &small,
+        200,
+        "the budget back",
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 /// The body of a VolumeBackup review the webhook allows.
@@ -801,4 +787,26 @@ async fn used_connection(
         200
     );
     conn
+}
+
+/// Sends `body` to /mutate on a new connection until the answer has status `want`;
+/// returns that answer's body.
+async fn wait_status(
+    op: &Operator,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    body: &[u8],
+    want: u16,
+    what: &str,
+    within: Duration,
+) -> String {
+    wait_for(what, within, || async move {
+        let mut conn = connect(op.https, tls.clone()).await;
+        let (status, text) = conn
+            .request("POST", "/mutate", Some("application/json"), body.to_vec())
+            .await;
+        anyhow::ensure!(status == want, "{status}: {text}");
+        Ok(text)
+    })
+    .await
+    .unwrap()
 }
