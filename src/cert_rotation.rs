@@ -28,7 +28,12 @@
 //! Secret carries no serving certificate until the new CA is trusted.
 //!
 //! Serving certificates alone are reissued by the signing CA, which the bundle trusts in every
-//! phase; they are renewed even while the bundle cannot be written.
+//! phase; they are renewed even while the bundle cannot be written, and reissued at once when
+//! they do not fit the Secret (a hand edit: another CA's certificate, another certificate's
+//! key; or names the flags no longer give). Replicas never load a `tls.crt` that no CA of the
+//! Secret's `ca.crt` signed (`tls::watch_secret`), so such an edit costs no failed call. A
+//! Secret whose CAs do not fit (a CA key that is not its certificate's, a signing CA missing
+//! from `ca.crt`) is adopted.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -173,6 +178,19 @@ fn parse(secret: &Secret) -> Result<Stored, String> {
     }
     let signing = pair("signing-ca.crt", "signing-ca.key")?;
     let next = pair("next-ca.crt", "next-ca.key")?;
+    // Ours, yet inconsistent (edited by hand, say): what the leader would sign with such a CA,
+    // or keep out of the configurations, would not be trusted, so it is adopted like a foreign
+    // Secret.
+    let trusted = certs::pem_certificates(bundle.as_bytes());
+    for (name, ca) in [("signing-ca", &signing), ("next-ca", &next)] {
+        let Some(ca) = ca else { continue };
+        crate::tls::from_pem(ca.cert.as_bytes(), ca.key.as_bytes())
+            .map_err(|e| format!("{name}.crt/{name}.key: {e:#}"))?;
+        let cert = certs::pem_certificates(ca.cert.as_bytes());
+        if !cert.first().is_some_and(|c| trusted.contains(c)) {
+            return Err(format!("its ca.crt does not hold {name}.crt"));
+        }
+    }
     let serving = match phase {
         // Kept as they are: only ever replaced by the switch.
         Phase::BundleExtended => match (text("tls.crt"), text("tls.key")) {
@@ -286,10 +304,14 @@ fn decide(
         _ => {}
     }
     // The signing CA is in the bundle in every phase, so its certificates are always trusted.
-    if let (Some(signing), Some(serving)) = (&s.signing, &s.serving)
-        && due(&serving.cert)?
-    {
-        tracing::info!("renewing the serving certificate");
+    if let (Some(signing), Some(serving)) = (&s.signing, &s.serving) {
+        if due(&serving.cert)? {
+            tracing::info!("renewing the serving certificate");
+        } else if let Some(fault) = serving_fault(cfg, signing, serving) {
+            tracing::warn!(reason = %fault, "reissuing the serving certificate");
+        } else {
+            return Ok(None);
+        }
         return Ok(Some((
             s.phase,
             data(
@@ -301,6 +323,24 @@ fn decide(
         )));
     }
     Ok(None)
+}
+
+/// Why the Secret's serving certificate must be reissued although it is not due: a hand edit
+/// (another CA's certificate, a key of another certificate) or flags that name the Service
+/// differently since it was issued. The replicas refuse to load one their Secret's CAs did not
+/// sign (`tls::watch_secret`), so this repairs the Secret rather than an outage.
+fn serving_fault(cfg: &RotationConfig, signing: &PemPair, serving: &PemPair) -> Option<String> {
+    if let Err(e) = crate::tls::from_pem(serving.cert.as_bytes(), serving.key.as_bytes()) {
+        return Some(format!("tls.crt/tls.key: {e:#}"));
+    }
+    if !certs::signed_by(serving.cert.as_bytes(), signing.cert.as_bytes()) {
+        return Some("tls.crt is not signed by signing-ca.crt".into());
+    }
+    match certs::names_missing(&serving.cert, &cfg.dns_names, &cfg.ips) {
+        Ok(missing) if missing.is_empty() => None,
+        Ok(missing) => Some(format!("tls.crt does not name {}", missing.join(", "))),
+        Err(e) => Some(format!("tls.crt: {e:#}")),
+    }
 }
 
 /// What the confirmation of `bundle` in `phase` is recorded under.
@@ -733,6 +773,97 @@ mod tests {
         assert!(trusts(&key(&d, "ca.crt"), &key(&d, "tls.crt")));
         let stable = stored(phase, d);
         assert!(decide(&c, &stable, true).unwrap().is_none());
+    }
+
+    #[test]
+    fn cert_a_hand_edited_serving_certificate_is_reissued_by_the_signing_ca() {
+        let c = cfg();
+        let ca = certs::generate_ca("ours", Duration::from_secs(3600)).unwrap();
+        let foreign_ca = certs::generate_ca("foreign", Duration::from_secs(3600)).unwrap();
+        let good = c.issue(&ca).unwrap();
+        let bundle = certs::pem_bundle([ca.cert.as_bytes()]);
+        let with = |serving: &PemPair| {
+            stored(Phase::Stable, data(&bundle, Some(&ca), Some(serving), None))
+        };
+        assert!(
+            decide(&c, &with(&good), true).unwrap().is_none(),
+            "nothing wrong, nothing due"
+        );
+
+        let other_key = c.issue(&ca).unwrap().key;
+        let renamed = RotationConfig {
+            dns_names: vec!["svc.ns.svc".into()],
+            ..cfg()
+        };
+        for (case, serving, cfg) in [
+            (
+                "another CA's certificate",
+                c.issue(&foreign_ca).unwrap(),
+                &c,
+            ),
+            (
+                "another certificate's key",
+                PemPair {
+                    cert: good.cert.clone(),
+                    key: other_key,
+                },
+                &c,
+            ),
+            ("a name the flags no longer give", good.clone(), &renamed),
+        ] {
+            let (phase, d) = decide(cfg, &with(&serving), false)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{case}: not reissued"));
+            assert_eq!(phase, Phase::Stable, "{case}");
+            assert_eq!(key(&d, "ca.crt"), bundle, "{case}: the bundle stays");
+            assert!(
+                certs::signed_by(key(&d, "tls.crt").as_bytes(), ca.cert.as_bytes()),
+                "{case}"
+            );
+            assert!(
+                serving_fault(
+                    cfg,
+                    &ca,
+                    &PemPair {
+                        cert: key(&d, "tls.crt"),
+                        key: key(&d, "tls.key")
+                    }
+                )
+                .is_none(),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn cert_a_secret_whose_cas_do_not_fit_is_adopted() {
+        let c = cfg();
+        let ca = certs::generate_ca("ours", Duration::from_secs(3600)).unwrap();
+        let other = certs::generate_ca("other", Duration::from_secs(3600)).unwrap();
+        let serving = c.issue(&ca).unwrap();
+        let bundle = certs::pem_bundle([ca.cert.as_bytes()]);
+        let wrong_key = PemPair {
+            cert: ca.cert.clone(),
+            key: other.key.clone(),
+        };
+        let why = parse(&secret(
+            Some(Phase::Stable),
+            data(&bundle, Some(&wrong_key), Some(&serving), None),
+        ))
+        .unwrap_err();
+        assert!(why.starts_with("signing-ca.crt/signing-ca.key: "), "{why}");
+        let why = parse(&secret(
+            Some(Phase::Stable),
+            data(&other.cert, Some(&ca), Some(&serving), None),
+        ))
+        .unwrap_err();
+        assert_eq!(why, "its ca.crt does not hold signing-ca.crt");
+        let why = parse(&secret(
+            Some(Phase::BundleExtended),
+            data(&bundle, Some(&ca), Some(&serving), Some(&other)),
+        ))
+        .unwrap_err();
+        assert_eq!(why, "its ca.crt does not hold next-ca.crt");
     }
 
     #[test]

@@ -145,6 +145,63 @@ pub fn pem_bundle<'a>(bundles: impl IntoIterator<Item = &'a [u8]>) -> String {
     certs.concat()
 }
 
+/// Whether a certificate of the PEM bundle `cas` issued the first certificate of PEM `cert`:
+/// it names that CA's subject as issuer and carries a signature its key verifies. What a TLS
+/// client trusting `cas` checks first (validity and names aside, see [`names_missing`]).
+pub fn signed_by(cert: &[u8], cas: &[u8]) -> bool {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Ok(der) = CertificateDer::from_pem_slice(cert) else {
+        return false;
+    };
+    let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    CertificateDer::pem_slice_iter(cas)
+        .filter_map(Result::ok)
+        .any(|ca_der| {
+            x509_parser::parse_x509_certificate(&ca_der).is_ok_and(|(_, ca)| {
+                ca.subject() == leaf.issuer()
+                    && leaf.verify_signature(Some(ca.public_key())).is_ok()
+            })
+        })
+}
+
+/// The names of `dns_names` and `ips` that the first certificate of PEM `cert` does not carry
+/// as a subject alternative name.
+pub fn names_missing(cert: &str, dns_names: &[String], ips: &[IpAddr]) -> Result<Vec<String>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::extensions::GeneralName;
+    let der = CertificateDer::from_pem_slice(cert.as_bytes()).context("no PEM certificate")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("the certificate cannot be parsed: {e}"))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| anyhow::anyhow!("the subject alternative names cannot be parsed: {e}"))?;
+    let names = san.map(|s| s.value.general_names.as_slice()).unwrap_or(&[]);
+    let has_dns = |want: &str| {
+        names
+            .iter()
+            .any(|n| matches!(n, GeneralName::DNSName(d) if d.eq_ignore_ascii_case(want)))
+    };
+    let has_ip = |want: &IpAddr| {
+        let octets = match want {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        names
+            .iter()
+            .any(|n| matches!(n, GeneralName::IPAddress(b) if *b == octets.as_slice()))
+    };
+    Ok(dns_names
+        .iter()
+        .filter(|d| !has_dns(d))
+        .cloned()
+        .chain(ips.iter().filter(|ip| !has_ip(ip)).map(ToString::to_string))
+        .collect())
+}
+
 /// The DNS names a Service's clients use: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`.
 pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![
@@ -178,4 +235,49 @@ pub fn write_dir(dir: &Path, ca: &PemPair, serving: &PemPair) -> Result<()> {
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn signed_by_finds_the_issuing_ca_in_a_bundle_and_only_it() {
+        let ca = generate_ca("ours", HOUR).unwrap();
+        let other = generate_ca("other", HOUR).unwrap();
+        let leaf = issue_serving(&ca, &["svc".into()], &[], HOUR).unwrap();
+        let both = pem_bundle([other.cert.as_bytes(), ca.cert.as_bytes()]);
+        assert!(signed_by(leaf.cert.as_bytes(), both.as_bytes()));
+        assert!(signed_by(leaf.cert.as_bytes(), ca.cert.as_bytes()));
+        assert!(!signed_by(leaf.cert.as_bytes(), other.cert.as_bytes()));
+        // Same subject, another key: the name alone is not enough.
+        let impostor = generate_ca("ours", HOUR).unwrap();
+        assert!(!signed_by(leaf.cert.as_bytes(), impostor.cert.as_bytes()));
+        assert!(!signed_by(b"not pem", ca.cert.as_bytes()));
+        assert!(!signed_by(leaf.cert.as_bytes(), b""));
+    }
+
+    #[test]
+    fn names_missing_lists_what_the_certificate_does_not_carry() {
+        let ca = generate_ca("ca", HOUR).unwrap();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let leaf = issue_serving(&ca, &["svc".into(), "svc.ns".into()], &[ip], HOUR).unwrap();
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            names_missing(&leaf.cert, &["SVC.ns".into()], &[ip]).unwrap(),
+            none
+        );
+        assert_eq!(
+            names_missing(
+                &leaf.cert,
+                &["svc".into(), "svc.other".into()],
+                &["::1".parse().unwrap()]
+            )
+            .unwrap(),
+            ["svc.other", "::1"]
+        );
+        assert!(names_missing("junk", &[], &[]).is_err());
+    }
 }

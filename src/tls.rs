@@ -260,9 +260,21 @@ pub async fn watch_secret(
                     tracing::info!(secret = %name, "the certificate Secret has no serving certificate yet; keeping the one in use");
                     continue;
                 };
+                // What the leader writes into the webhook configurations is the Secret's
+                // ca.crt: a certificate none of its CAs signed (a hand edit) is not trusted by
+                // the apiserver, so serving it would fail every admission call until the
+                // leader has reissued it.
+                let cas = data.get("ca.crt").map_or(&[][..], |c| &c.0[..]);
+                let loaded = if crate::certs::signed_by(&cert.0, cas) {
+                    from_pem(&cert.0, &key.0)
+                } else {
+                    Err(anyhow!(
+                        "tls.crt is not signed by a CA of its ca.crt, so the apiserver would not trust it"
+                    ))
+                };
                 install(
                     &store,
-                    from_pem(&cert.0, &key.0).with_context(|| format!("Secret {name}")),
+                    loaded.with_context(|| format!("Secret {name}")),
                     &metrics,
                 );
             }

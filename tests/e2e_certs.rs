@@ -748,6 +748,49 @@ async fn adopts_a_foreign_secret_and_re_creates_a_deleted_one_without_an_untrust
             .unwrap();
         assert_eq!(phase(served).as_deref(), Some("signing-switched"));
     }
+
+    // Edited by hand: the foreign certificate, whose CA nothing trusts any more, put back into
+    // tls.crt. The replica must not serve it (the trust check runs on), and the leader must
+    // reissue the serving certificate from its signing CA.
+    // Retried: the leader's own writes may win the resourceVersion race.
+    let edited = wait_for("the hand edit", Duration::from_secs(10), || async {
+        let mut s = secrets.get(&name).await?;
+        let data = s.data.get_or_insert_default();
+        for (k, v) in [("tls.crt", &foreign.cert), ("tls.key", &foreign.key)] {
+            data.insert(k.into(), k8s_openapi::ByteString(v.clone().into()));
+        }
+        Ok(secrets.replace(&name, &PostParams::default(), &s).await?)
+    })
+    .await
+    .unwrap();
+    let repaired = wait_for(
+        "the serving certificate to be reissued",
+        Duration::from_secs(20),
+        || async {
+            let s = secrets.get(&name).await?;
+            let cert = key(&s, "tls.crt");
+            anyhow::ensure!(cert != foreign.cert, "still the hand-edited certificate");
+            Ok(s)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(phase(&repaired).as_deref(), Some("stable"));
+    assert_eq!(
+        key(&repaired, "ca.crt"),
+        key(&edited, "ca.crt"),
+        "no new CA for a bad leaf"
+    );
+    assert!(certs::signed_by(
+        key(&repaired, "tls.crt").as_bytes(),
+        newest.as_bytes()
+    ));
+    let log = op.log();
+    assert!(
+        log.contains("tls.crt is not signed by a CA of its ca.crt")
+            && log.contains("tls.crt is not signed by signing-ca.crt"),
+        "the replica's refusal and the leader's reason are logged:\n{log}"
+    );
     trust.finish(50, &op.log()).await;
 }
 
