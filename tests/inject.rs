@@ -19,6 +19,7 @@ fn config(mode: NotifierMode) -> InjectorConfig {
             ("NOTIFY_ALLOW_DESTINATIONS", "10.0.0.0/8".into()),
         ],
         ca: None,
+        run_as_user: Some(65532),
     }
 }
 
@@ -300,6 +301,57 @@ fn a_ca_configmap_is_mounted_in_the_notifier_only_and_goes_when_the_flag_goes() 
         )
     );
     assert_eq!(pod(&without)["volumes"].as_array().unwrap().len(), 1);
+}
+
+/// `--notifier-run-as-user`: a fixed ID in both injected containers, or none at all (OpenShift
+/// assigns one); switching updates them in place.
+#[test]
+fn the_user_id_flag_sets_or_leaves_out_the_injected_containers_ids() {
+    let cj = cron_job(restic_pod(), default_annotations());
+    let fixed = config(NotifierMode::Sidecar);
+    let mut platform = config(NotifierMode::Sidecar);
+    platform.run_as_user = None;
+    let ids = |cj: &Value| -> Vec<(Value, Value, Value)> {
+        pod(cj)["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let sc = &c["securityContext"];
+                (
+                    sc["runAsUser"].clone(),
+                    sc["runAsGroup"].clone(),
+                    sc["runAsNonRoot"].clone(),
+                )
+            })
+            .collect()
+    };
+    let with_id = apply(&cj, &inject::mutate(cj.clone(), &fixed).patch);
+    assert_eq!(
+        ids(&with_id),
+        vec![(json!(65532), json!(65532), json!(true)); 2]
+    );
+    let m = inject::mutate(with_id.clone(), &platform);
+    assert!(
+        !m.patch.is_empty(),
+        "the flag's change reaches injected CronJobs"
+    );
+    let without = apply(&with_id, &m.patch);
+    assert_eq!(
+        ids(&without),
+        vec![(Value::Null, Value::Null, json!(true)); 2]
+    );
+    assert_eq!(
+        without,
+        apply(&cj, &inject::mutate(cj.clone(), &platform).patch)
+    );
+    assert!(inject::mutate(without.clone(), &platform).patch.is_empty());
+    assert_eq!(inject::inspect(&without), Ok(()));
+    assert_eq!(
+        pod(&without)["containers"][0]["securityContext"],
+        pod(&cj)["containers"][0]["securityContext"],
+        "the backup container's own context is not ours to change"
+    );
 }
 
 /// A labelled CronJob a user wrote may use the name for a volume of its own: it is neither

@@ -835,6 +835,7 @@ mod tests {
             resources: serde_json::json!({"requests": {"cpu": "10m"}}),
             policy_env: Vec::new(),
             ca: None,
+            run_as_user: Some(65532),
         };
         let desired = job_template::cron_job(&vb, &args, Duration::ZERO);
         let stored = if injected {

@@ -136,6 +136,33 @@ pub struct InjectorArgs {
     /// The key of --notifier-ca-configmap that holds the PEM.
     #[arg(long, value_name = "KEY", default_value = "ca.crt", value_parser = parse_config_map_key, requires = "notifier_ca_configmap")]
     pub notifier_ca_key: String,
+    /// User and group ID the injected containers run as, or `none` to leave both to the
+    /// platform: OpenShift's restricted-v2 SCC refuses a fixed ID outside the namespace's range
+    /// and assigns one itself. Non-root either way (runAsNonRoot stays; without an ID the
+    /// image's numeric USER, 65532 in ours, is what the kubelet checks).
+    #[arg(long, value_name = "UID|none", default_value = "65532", value_parser = parse_run_as_user)]
+    pub notifier_run_as_user: RunAsUser,
+}
+
+/// `--notifier-run-as-user`: a user ID, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAsUser(pub Option<i64>);
+
+fn parse_run_as_user(s: &str) -> Result<RunAsUser, String> {
+    if s == "none" {
+        return Ok(RunAsUser(None));
+    }
+    match s.parse::<i64>() {
+        Ok(0) => {
+            Err("0 is root; the injected containers run non-root (give another ID, or none)".into())
+        }
+        // The apiserver stores an int64 but the kernel's IDs are 32 bits.
+        Ok(id) if (1..=i64::from(u32::MAX)).contains(&id) => Ok(RunAsUser(Some(id))),
+        _ => Err(format!(
+            "{s:?} is not a user ID (1 to {}) or none",
+            u32::MAX
+        )),
+    }
 }
 
 /// `--notifier-ca-configmap`: a ConfigMap name (a DNS-1123 subdomain), refused at start-up
@@ -198,6 +225,8 @@ pub struct InjectorConfig {
     pub policy_env: Vec<(&'static str, String)>,
     /// Where the notifier's extra CA comes from, if anywhere.
     pub ca: Option<NotifierCa>,
+    /// `runAsUser` and `runAsGroup` of the injected containers; `None` leaves them out.
+    pub run_as_user: Option<i64>,
 }
 
 /// A ConfigMap key in the backup's namespace holding extra CA certificates for the notifier.
@@ -264,6 +293,7 @@ impl InjectorConfig {
                 config_map: name.clone(),
                 key: args.notifier_ca_key.clone(),
             }),
+            run_as_user: args.notifier_run_as_user.0,
         }
     }
 }
@@ -804,16 +834,21 @@ fn ca_volume(ca: &NotifierCa) -> Value {
 }
 
 /// Restricted, as the Pod Security Standards define it.
-fn restricted() -> Value {
-    json!({
+fn restricted(cfg: &InjectorConfig) -> Value {
+    let mut context = json!({
         "runAsNonRoot": true,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
         "readOnlyRootFilesystem": true,
         "allowPrivilegeEscalation": false,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
-    })
+    });
+    // Null rather than left out when there is none: what the injector compares with a stored
+    // container may lack keys the stored one has (apiserver defaults), so only a null makes a
+    // container injected with an ID differ, and get replaced, once the flag says none. The
+    // apiserver stores a null pointer field as absent, which a null then matches.
+    context["runAsUser"] = json!(cfg.run_as_user);
+    context["runAsGroup"] = json!(cfg.run_as_user);
+    context
 }
 
 /// The notifier volume's mount, the same in every container that has it.
@@ -827,7 +862,7 @@ fn install_container(cfg: &InjectorConfig) -> Value {
         "image": cfg.image,
         "command": [pod::IMAGE_BIN, "install", pod::INSTALLED_BIN],
         "resources": cfg.resources,
-        "securityContext": restricted(),
+        "securityContext": restricted(cfg),
         "volumeMounts": [mount()],
     })
 }
@@ -888,7 +923,7 @@ fn notifier_container<'a>(
         "command": [pod::IMAGE_BIN, "notify"],
         "env": env,
         "resources": cfg.resources,
-        "securityContext": restricted(),
+        "securityContext": restricted(cfg),
         "volumeMounts": mounts,
     });
     if cfg.mode == NotifierMode::Sidecar {
@@ -1050,6 +1085,32 @@ mod tests {
             InjectorConfig::new(&parse(&[]), Vec::new()).resources["limits"],
             json!({"memory": "64Mi"})
         );
+        assert_eq!(parse(&[]).notifier_run_as_user, RunAsUser(Some(65532)));
+        assert_eq!(
+            parse(&["--notifier-run-as-user", "none"]).notifier_run_as_user,
+            RunAsUser(None)
+        );
+        assert_eq!(
+            parse(&["--notifier-run-as-user", "1000650000"]).notifier_run_as_user,
+            RunAsUser(Some(1_000_650_000))
+        );
+        for (bad, why) in [
+            (
+                "0",
+                "0 is root; the injected containers run non-root (give another ID, or none)",
+            ),
+            ("-1", "\"-1\" is not a user ID (1 to 4294967295) or none"),
+            (
+                "4294967296",
+                "\"4294967296\" is not a user ID (1 to 4294967295) or none",
+            ),
+            (
+                "nobody",
+                "\"nobody\" is not a user ID (1 to 4294967295) or none",
+            ),
+        ] {
+            assert_eq!(parse_run_as_user(bad), Err(why.to_owned()), "{bad}");
+        }
         let e = Cli::try_parse_from(["x", "--notifier-memory-limit", "64MB"])
             .err()
             .unwrap()

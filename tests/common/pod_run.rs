@@ -49,6 +49,9 @@ pub fn runner(
     let mut images = ImageMap::new();
     images
         .add_file(NOTIFIER_IMAGE, "/usr/local/bin/backup-notifier", NOTIFIER)
+        .unwrap()
+        // The Dockerfile's USER.
+        .set_user(NOTIFIER_IMAGE, 65532, 65532)
         .unwrap();
     images.add_host_image("busybox*").unwrap();
     let mut cfg = RunnerConfig::new(out);

@@ -52,7 +52,7 @@ to a per-pod directory, mounted read-only). Any other type is an error.
 
 IMAGES: there are none. --image IMAGE=CONTAINER_PATH:HOST_PATH makes a host file appear at a \
 path inside containers of IMAGE (repeat for more files); --entrypoint gives the command for \
-containers without one. IMAGE matches with or without tag/digest. An image that is not mapped is \
+containers without one; --image-user the user of those without runAsUser. IMAGE matches with or without tag/digest. An image that is not mapped is \
 an error unless --host-image matches it (then it runs on the host filesystem alone).
 
 OUTPUT: each container's stdout/stderr goes to OUTPUT_DIR/<container>.log and is echoed with a \
@@ -91,6 +91,11 @@ struct Args {
     /// array of strings (repeatable).
     #[arg(long = "entrypoint", value_name = "IMAGE=PROGRAM|IMAGE=[JSON]")]
     entrypoints: Vec<String>,
+
+    /// User (and group) containers of IMAGE run as when their securityContext sets none, like
+    /// the image's numeric USER (repeatable).
+    #[arg(long = "image-user", value_name = "IMAGE=UID[:GID]")]
+    image_users: Vec<String>,
 
     /// Run images matching PATTERN ('*' is a wildcard; '*' alone matches all) on the host
     /// filesystem alone (repeatable).
@@ -190,6 +195,9 @@ fn run(
     }
     for arg in &args.entrypoints {
         config.images.set_entrypoint_arg(arg)?;
+    }
+    for arg in &args.image_users {
+        config.images.set_user_arg(arg)?;
     }
     for pattern in &args.host_images {
         config.images.add_host_image(pattern)?;

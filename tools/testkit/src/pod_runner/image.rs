@@ -20,6 +20,9 @@ pub struct ImageSpec {
     pub files: Vec<ImageFile>,
     /// Used for containers without `command`, like an image's ENTRYPOINT.
     pub entrypoint: Vec<String>,
+    /// `(uid, gid)` for containers whose securityContext sets no runAsUser (runAsGroup), like
+    /// an image's numeric USER. Root when unset.
+    pub user: Option<(u32, u32)>,
 }
 
 /// Maps image references to [`ImageSpec`]s, plus patterns of images that need nothing but the
@@ -84,6 +87,25 @@ impl ImageMap {
         }
         self.entry(image).entrypoint = entrypoint;
         Ok(self)
+    }
+
+    /// Sets the user containers of `image` run as when their securityContext names none.
+    pub fn set_user(&mut self, image: &str, uid: u32, gid: u32) -> Result<&mut Self> {
+        check_image_ref(image)?;
+        self.entry(image).user = Some((uid, gid));
+        Ok(self)
+    }
+
+    /// Parses the CLI form `IMAGE=UID[:GID]` (numeric, as the kubelet needs for runAsNonRoot;
+    /// the group defaults to the user ID).
+    pub fn set_user_arg(&mut self, arg: &str) -> Result<&mut Self> {
+        let usage = || format!("--image-user {arg:?}: expected IMAGE=UID or IMAGE=UID:GID");
+        let (image, ids) = arg.split_once('=').with_context(usage)?;
+        let (uid, gid) = ids.split_once(':').unwrap_or((ids, ids));
+        let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse()) else {
+            bail!(usage());
+        };
+        self.set_user(image, uid, gid)
     }
 
     /// Lets images matching `pattern` (`*` matches any run of characters) run with only the
@@ -270,5 +292,17 @@ mod tests {
         assert!(map.set_entrypoint_arg("img=[1,2]").is_err());
         map.set_entrypoint_arg(r#"img=["/bin/sh","-c"]"#).unwrap();
         map.set_entrypoint_arg("img2=/bin/true").unwrap();
+        for bad in ["img", "img=", "img=nobody", "img=1:x", "img=-1"] {
+            assert!(map.set_user_arg(bad).is_err(), "{bad}");
+        }
+        map.set_user_arg("img3=65532").unwrap();
+        map.set_user_arg("img4=1000:2000").unwrap();
+        let user = |image: &str| match map.resolve(image).unwrap() {
+            ResolvedImage::Mapped(spec) => spec.user,
+            ResolvedImage::HostOnly => None,
+        };
+        assert_eq!(user("img3:1.0"), Some((65532, 65532)));
+        assert_eq!(user("img4"), Some((1000, 2000)));
+        assert_eq!(user("img2"), None);
     }
 }

@@ -627,17 +627,24 @@ fn prepare_container(
 
     let pod_sc = spec.security_context.as_ref();
     let sc = c.security_context.as_ref();
+    // As the kubelet: the securityContext's IDs, else the image's USER, else root.
+    let image_user = match &resolved {
+        ResolvedImage::Mapped(spec) => spec.user,
+        ResolvedImage::HostOnly => None,
+    };
     let uid = id_of(
         sc.and_then(|s| s.run_as_user)
             .or(pod_sc.and_then(|s| s.run_as_user)),
         "runAsUser",
     )?
+    .or(image_user.map(|(uid, _)| uid))
     .unwrap_or(0);
     let gid = id_of(
         sc.and_then(|s| s.run_as_group)
             .or(pod_sc.and_then(|s| s.run_as_group)),
         "runAsGroup",
     )?
+    .or(image_user.map(|(_, gid)| gid))
     .unwrap_or(0);
     let non_root = sc
         .and_then(|s| s.run_as_non_root)
