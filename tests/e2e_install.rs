@@ -53,6 +53,42 @@ fn served_only(cp: &ControlPlane, yaml: &str) -> (String, Vec<String>) {
     (kept, skipped)
 }
 
+/// The apiserver cannot reach the in-cluster Service here: points both webhooks at the
+/// process, keeping the configurations (and their caBundle, which the operator injects).
+fn point_webhooks_at(cp: &ControlPlane, op: &Operator) {
+    let url = format!("https://{}", op.https);
+    for (kind, path) in [
+        ("validatingwebhookconfiguration", "/validate"),
+        ("mutatingwebhookconfiguration", "/mutate"),
+    ] {
+        let config: serde_json::Value = serde_json::from_str(&kubectl_ok(
+            cp,
+            &["get", kind, "backup-operator", "-o", "json"],
+        ))
+        .unwrap();
+        let mut ops = Vec::new();
+        for (i, hook) in config["webhooks"].as_array().unwrap().iter().enumerate() {
+            if hook["clientConfig"].get("service").is_some() {
+                ops.push(
+                    json!({"op": "remove", "path": format!("/webhooks/{i}/clientConfig/service")}),
+                );
+            }
+            ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/url"), "value": format!("{url}{path}")}));
+        }
+        kubectl_ok(
+            cp,
+            &[
+                "patch",
+                kind,
+                "backup-operator",
+                "--type=json",
+                "-p",
+                &serde_json::to_string(&ops).unwrap(),
+            ],
+        );
+    }
+}
+
 #[tokio::test]
 async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     let cp = ControlPlane::shared();
@@ -181,45 +217,7 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
         ],
         &[("KUBECONFIG", sa_kubeconfig.as_os_str())],
     );
-    // The apiserver cannot reach the in-cluster Service here: point both webhooks at the
-    // process, keeping the configurations (and their caBundle, which the operator injects).
-    let url = format!("https://{}", op.https);
-    for (kind, path) in [
-        ("validatingwebhookconfiguration", "/validate"),
-        ("mutatingwebhookconfiguration", "/mutate"),
-    ] {
-        let hooks = kubectl_ok(
-            cp,
-            &[
-                "get",
-                kind,
-                "backup-operator",
-                "-o",
-                "jsonpath={range .webhooks[*]}{.name}{\"\\n\"}{end}",
-            ],
-        );
-        let ops: Vec<_> = hooks
-            .lines()
-            .enumerate()
-            .flat_map(|(i, _)| {
-                vec![
-                    json!({"op": "remove", "path": format!("/webhooks/{i}/clientConfig/service")}),
-                    json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/url"), "value": format!("{url}{path}")}),
-                ]
-            })
-            .collect();
-        kubectl_ok(
-            cp,
-            &[
-                "patch",
-                kind,
-                "backup-operator",
-                "--type=json",
-                "-p",
-                &serde_json::to_string(&ops).unwrap(),
-            ],
-        );
-    }
+    point_webhooks_at(cp, &op);
 
     let client = cp.client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
@@ -376,6 +374,86 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
         op.log().contains("may not get Secrets in this namespace"),
         "no warning about the refused Secret read:\n{}",
         op.log()
+    );
+
+    // A watch that cannot list (here: S3Backups, by RBAC; as well a missing CRD) must not hold
+    // back the other kind's backups for longer than the grace. A new process, so that its term
+    // starts with the S3Backup list refused.
+    drop(op);
+    kubectl_ok(
+        cp,
+        &[
+            "patch",
+            "clusterrole",
+            "backup-operator",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/rules/0/resources","value":["volumebackups","s3backups"]},{"op":"replace","path":"/rules/0/resources","value":["volumebackups"]}]"#,
+        ],
+    );
+    let sa = format!("--as=system:serviceaccount:{NS}:backup-operator");
+    wait_for(
+        "RBAC to refuse listing S3Backups",
+        Duration::from_secs(30),
+        || async {
+            let out = kubectl(
+                cp,
+                &[
+                    "auth",
+                    "can-i",
+                    "list",
+                    "s3backups.backups.k8s.bnerd.com",
+                    &sa,
+                ],
+            );
+            anyhow::ensure!(String::from_utf8_lossy(&out.stdout).trim() == "no");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let op = Operator::start_self_managed(
+        &[
+            "--tls-secret",
+            "backup-operator-tls",
+            "--cert-ip",
+            "127.0.0.1",
+            "--lease-duration",
+            "6s",
+        ],
+        &[("KUBECONFIG", sa_kubeconfig.as_os_str())],
+    );
+    point_webhooks_at(cp, &op);
+    let monthly =
+        manifest("https://hooks.example.com/fail").replace("name: nightly", "name: monthly");
+    wait_for("the webhook to admit", Duration::from_secs(30), || async {
+        let out = kubectl_stdin(cp, &["apply", "-f", "-"], &monthly);
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    wait_for(
+        "a VolumeBackup reconciled without the S3Backup list",
+        Duration::from_secs(120),
+        || async {
+            let created = Api::<CronJob>::namespaced(client.clone(), ns.name())
+                .get_opt("monthly-backup")
+                .await?;
+            anyhow::ensure!(created.is_some(), "no CronJob; operator log:\n{}", op.log());
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let log = op.log();
+    assert!(
+        log.contains("reconciling without the S3Backup list"),
+        "no warning about the missing list:\n{log}"
     );
     let _ = OPERATOR;
 }

@@ -161,6 +161,8 @@ pub async fn run(
             s3: s3.store(),
             volume_listed,
             s3_listed,
+            started: std::time::Instant::now(),
+            partial_warned: Arc::default(),
         };
         let vb = run_controller(vb, context(vb_jobs, &backups, &done), done.clone());
         let s3 = run_controller(s3, context(s3_jobs, &backups, &done), done.clone());

@@ -71,7 +71,16 @@ pub struct Backups {
     /// future's one-slot channel would take the wake-up the other kind's controller waits on.
     pub volume_listed: Arc<AtomicBool>,
     pub s3_listed: Arc<AtomicBool>,
+    /// When this term's watches started (see [`LIST_GRACE`]).
+    pub started: std::time::Instant,
+    /// Whether this term has warned that it reconciles without a kind's list.
+    pub partial_warned: Arc<AtomicBool>,
 }
+
+/// How long a reconcile waits for the other kind's first list. A list that takes longer is a
+/// failing watch (a missing CRD, a removed RBAC rule), which would otherwise hold back every
+/// backup of this kind for as long as it fails.
+pub const LIST_GRACE: Duration = Duration::from_secs(30);
 
 /// Creation order, ties broken by kind, namespace and name; borrowed, since a reconcile compares
 /// its backup with every other one that shares its repository.
@@ -110,20 +119,42 @@ impl Backups {
     /// backup sorts after the existing ones, so their places hold; only one created in the same
     /// second under an earlier name moves an older one, at that one's next reconcile.
     ///
-    /// `None` until both caches hold their first list. Each leadership term starts with empty
-    /// ones, and kube-runtime holds a controller's reconciles back only until its own kind's
-    /// list is in: a VolumeBackup reconciled before the S3Backup list arrived would count too
-    /// few older backups, and its CronJob's delay (and template hash) would flap.
+    /// `None` until both caches hold their first list, for up to [`LIST_GRACE`] into the term.
+    /// Each leadership term starts with empty ones, and kube-runtime holds a controller's
+    /// reconciles back only until its own kind's list is in: a VolumeBackup reconciled before
+    /// the S3Backup list arrived would count too few older backups, and its CronJob's delay
+    /// (and template hash) would flap. After the grace a missing list is a failing watch, and
+    /// the delay counts the kinds that are in (warned once a term): a delay that changes once
+    /// the list arrives is better than no backup of this kind reconciled until it does.
     pub fn init_delay<K: Reconciled>(&self, r: &K) -> Option<Duration> {
-        let listed = |flag: &AtomicBool| flag.load(Ordering::Acquire);
-        if !(listed(&self.volume_listed) && listed(&self.s3_listed)) {
-            return None;
+        let volume = self.volume_listed.load(Ordering::Acquire);
+        let s3 = self.s3_listed.load(Ordering::Acquire);
+        if !(volume && s3) {
+            if self.started.elapsed() < LIST_GRACE {
+                return None;
+            }
+            if !self.partial_warned.swap(true, Ordering::AcqRel) {
+                let missing = match (volume, s3) {
+                    (true, _) => "S3Backup",
+                    (_, true) => "VolumeBackup",
+                    _ => "VolumeBackup and S3Backup",
+                };
+                tracing::warn!(
+                    missing,
+                    grace = ?LIST_GRACE,
+                    "reconciling without the {missing} list, whose watch has not listed since the term began (see its warnings): backups that share a repository with one of them may initialise it at the same time until it lists"
+                );
+            }
         }
         let url = &r.common().repository.url;
         let me = age(r);
-        Some(job_template::init_delay(
-            older(&self.volume, url, &me) + older(&self.s3, url, &me),
-        ))
+        let volume_older = if volume {
+            older(&self.volume, url, &me)
+        } else {
+            0
+        };
+        let s3_older = if s3 { older(&self.s3, url, &me) } else { 0 };
+        Some(job_template::init_delay(volume_older + s3_older))
     }
 }
 
@@ -903,19 +934,35 @@ mod tests {
         let url = "s3:https://s3.example.com/shared";
         let (volume, mut volume_writer) = kube::runtime::reflector::store();
         let (s3, mut s3_writer) = kube::runtime::reflector::store();
-        let backups = Backups {
+        let mut backups = Backups {
             volume,
             s3,
             volume_listed: Arc::default(),
             s3_listed: Arc::default(),
+            started: std::time::Instant::now(),
+            partial_warned: Arc::default(),
         };
         let me = volume_backup("newer", url, 2_000);
-        list(&mut volume_writer, vec![me.clone()]);
+        list(
+            &mut volume_writer,
+            vec![me.clone(), volume_backup("oldest", url, 500)],
+        );
         backups.volume_listed.store(true, Ordering::Release);
         assert_eq!(backups.init_delay(&me), None, "the S3Backup list is not in");
+
+        // A watch that has not listed for the whole grace: go on with what is in, warned once.
+        backups.started = std::time::Instant::now()
+            .checked_sub(LIST_GRACE + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(backups.init_delay(&me), Some(job_template::INIT_SPACING));
+        assert!(backups.partial_warned.load(Ordering::Acquire));
+
         list(&mut s3_writer, vec![s3_backup("older", url, 1_000)]);
         backups.s3_listed.store(true, Ordering::Release);
-        assert_eq!(backups.init_delay(&me), Some(job_template::INIT_SPACING));
+        assert_eq!(
+            backups.init_delay(&me),
+            Some(job_template::INIT_SPACING * 2)
+        );
     }
 
     /// A Context whose client answers nothing and counts what was asked.
@@ -972,6 +1019,8 @@ mod tests {
             s3,
             volume_listed: Arc::default(),
             s3_listed: Arc::default(),
+            started: std::time::Instant::now(),
+            partial_warned: Arc::default(),
         });
         let vb = volume_backup("nightly", url, 1_000);
         list(&mut volume_writer, vec![vb.clone()]);
