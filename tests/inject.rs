@@ -157,6 +157,50 @@ fn sidecar_injection_has_the_documented_shape() {
     assert_eq!(out["spec"]["schedule"], cj["spec"]["schedule"]);
 }
 
+/// The backup command (the restic script, in the operator's CronJobs) is not copied into the
+/// patch: only the wrapper's words go in, before it; declining takes exactly those out again.
+#[test]
+fn the_patch_carries_the_wrappers_words_not_the_command() {
+    let cj = cron_job(restic_pod(), default_annotations());
+    let command = "/spec/jobTemplate/spec/template/spec/containers/0/command";
+    let ops = |m: &inject::Mutation| -> Vec<Value> {
+        m.patch
+            .iter()
+            .map(|op| serde_json::to_value(op).unwrap())
+            .filter(|op| op["path"].as_str().unwrap().starts_with(command))
+            .collect()
+    };
+    let m = inject::mutate(cj.clone(), &config(NotifierMode::Sidecar));
+    let words = [
+        "/backup-notifier/backup-notifier",
+        "exec",
+        "--result",
+        "/backup-notifier/result.json",
+        "--",
+    ];
+    let want: Vec<Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| json!({"op": "add", "path": format!("{command}/{i}"), "value": w}))
+        .collect();
+    assert_eq!(ops(&m), want);
+    let patch = serde_json::to_string(&m.patch).unwrap();
+    assert!(!patch.contains("\"restic\""), "{patch}");
+
+    let injected = apply(&cj, &m.patch);
+    let mut unlabelled = injected.clone();
+    unlabelled["metadata"]["labels"] = json!({});
+    let removal = inject::mutate(unlabelled.clone(), &config(NotifierMode::Sidecar));
+    let removes: Vec<Value> = (0..5)
+        .map(|_| json!({"op": "remove", "path": format!("{command}/0")}))
+        .collect();
+    assert_eq!(ops(&removal), removes);
+    assert_eq!(
+        pod(&apply(&unlabelled, &removal.patch))["containers"][0]["command"],
+        pod(&cj)["containers"][0]["command"]
+    );
+}
+
 #[test]
 fn mutating_a_mutated_cron_job_yields_an_empty_patch_even_with_apiserver_defaults() {
     let cj = cron_job(restic_pod(), default_annotations());

@@ -665,15 +665,15 @@ fn remove_injection(b: &mut PatchBuilder) {
         .is_some_and(|v| !is_notifier_volume(v));
     // Planned while the containers are borrowed (as in `wrap_target`); each op touches only its
     // own container, and a container has at most one mount at the notifier's path.
-    let mut unwrap: Vec<(PointerBuf, Value)> = Vec::new();
+    let mut unwrap: Vec<PointerBuf> = Vec::new();
     let mut unmount: Vec<PointerBuf> = Vec::new();
     let containers = b.get(&list_path("containers")).and_then(Value::as_array);
     for (i, c) in containers.into_iter().flatten().enumerate() {
         let base = element("containers", i);
-        if let Some(original) = c["command"].as_array().and_then(|c| unwrapped_command(c)) {
+        if c["command"].as_array().is_some_and(|c| is_wrapped(c)) {
             let mut p = base.clone();
             p.push_back("command");
-            unwrap.push((p, Value::Array(original.to_vec())));
+            unwrap.push(p);
         }
         let mounts = c["volumeMounts"].as_array();
         if let Some(j) = mounts
@@ -690,8 +690,8 @@ fn remove_injection(b: &mut PatchBuilder) {
             unmount.push(p);
         }
     }
-    for (path, original) in unwrap {
-        b.replace(path, original);
+    for command in unwrap {
+        unwrap_command(b, &command);
     }
     for path in unmount {
         b.remove(path);
@@ -736,8 +736,33 @@ fn remove_if_empty(b: &mut PatchBuilder, list: &str) {
 /// An op `wrap_target` decided on while it read the containers.
 enum Planned {
     Add,
-    Replace,
     Ensure,
+    /// Put the wrapper's words before the command at the path.
+    Wrap,
+    /// Take them off again.
+    Unwrap,
+}
+
+// Only the wrapper's words are patched, at the front of the command as it is: the command (the
+// restic script, a fifth of a generated CronJob) is neither copied into the patch nor re-encoded,
+// here or by the apiserver, and nothing else of it is touched.
+
+/// Inserts the wrapper's words before the command at `command`.
+fn wrap_command(b: &mut PatchBuilder, command: &PointerBuf) {
+    for (i, word) in WRAPPER.iter().enumerate() {
+        let mut p = command.clone();
+        p.push_back(i.to_string());
+        b.add(p, json!(word));
+    }
+}
+
+/// Removes the wrapper's words from the front of the (wrapped) command at `command`.
+fn unwrap_command(b: &mut PatchBuilder, command: &PointerBuf) {
+    for _ in WRAPPER {
+        let mut p = command.clone();
+        p.push_back("0");
+        b.remove(p);
+    }
 }
 
 fn wrap_target(b: &mut PatchBuilder, target: &str) {
@@ -755,21 +780,18 @@ fn wrap_target(b: &mut PatchBuilder, target: &str) {
         let name = c["name"].as_str().unwrap_or_default();
         let mut base = list_path("containers");
         base.push_back(i.to_string());
-        let original = unwrapped_command(command).unwrap_or(command);
+        let mut p = base.clone();
+        p.push_back("command");
         if name != target {
             // The target moved (annotation changed): leave no stale wrapper behind.
             if is_wrapped(command) {
-                let mut p = base.clone();
-                p.push_back("command");
-                plan.push((Planned::Replace, p, Value::Array(original.to_vec())));
+                plan.push((Planned::Unwrap, p, Value::Null));
             }
             continue;
         }
-        let mut wrapped: Vec<Value> = WRAPPER.iter().map(|w| json!(w)).collect();
-        wrapped.extend(original.iter().cloned());
-        let mut p = base.clone();
-        p.push_back("command");
-        plan.push((Planned::Ensure, p, Value::Array(wrapped)));
+        if !is_wrapped(command) {
+            plan.push((Planned::Wrap, p, Value::Null));
+        }
         let mounts = c["volumeMounts"].as_array();
         let mount = mount();
         let mut p = base;
@@ -791,8 +813,9 @@ fn wrap_target(b: &mut PatchBuilder, target: &str) {
     for (op, path, value) in plan {
         match op {
             Planned::Add => b.add(path, value),
-            Planned::Replace => b.replace(path, value),
             Planned::Ensure => b.ensure(path, value),
+            Planned::Wrap => wrap_command(b, &path),
+            Planned::Unwrap => unwrap_command(b, &path),
         }
     }
 }
