@@ -893,6 +893,12 @@ mod tests {
         let ab = certs::pem_bundle([a.cert.as_bytes(), b.cert.as_bytes()]);
         let again = certs::pem_bundle([crlf.as_bytes(), ab.as_bytes(), b"junk"]);
         assert_eq!(again, ab);
+        // A damaged block in the middle costs only itself.
+        let damaged = format!(
+            "{}-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n{}",
+            a.cert, b.cert
+        );
+        assert_eq!(certs::pem_bundle([damaged.as_bytes()]), ab);
         assert_eq!(certs::pem_certificates(ab.as_bytes()).len(), 2);
         assert_eq!(certs::pem_bundle([&b""[..]]), "");
     }

@@ -120,7 +120,9 @@ pub fn pem_certificates(pem: &[u8]) -> Vec<String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem)
-        .map_while(Result::ok)
+        // The slice iterator moves past a bad block line by line, so the certificates after it
+        // are still read.
+        .filter_map(Result::ok)
         .map(|der| {
             let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
             let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
