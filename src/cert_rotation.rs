@@ -333,7 +333,7 @@ fn serving_fault(cfg: &RotationConfig, signing: &PemPair, serving: &PemPair) -> 
     if let Err(e) = crate::tls::from_pem(serving.cert.as_bytes(), serving.key.as_bytes()) {
         return Some(format!("tls.crt/tls.key: {e:#}"));
     }
-    if !certs::signed_by(serving.cert.as_bytes(), signing.cert.as_bytes()) {
+    if certs::signed_by(serving.cert.as_bytes(), signing.cert.as_bytes()) != Some(true) {
         return Some("tls.crt is not signed by signing-ca.crt".into());
     }
     match certs::names_missing(&serving.cert, &cfg.dns_names, &cfg.ips) {
@@ -817,7 +817,7 @@ mod tests {
             assert_eq!(phase, Phase::Stable, "{case}");
             assert_eq!(key(&d, "ca.crt"), bundle, "{case}: the bundle stays");
             assert!(
-                certs::signed_by(key(&d, "tls.crt").as_bytes(), ca.cert.as_bytes()),
+                certs::signed_by(key(&d, "tls.crt").as_bytes(), ca.cert.as_bytes()) == Some(true),
                 "{case}"
             );
             assert!(
@@ -899,6 +899,14 @@ mod tests {
             a.cert, b.cert
         );
         assert_eq!(certs::pem_bundle([damaged.as_bytes()]), ab);
+        // One without its END line runs into the next block: nothing that is no certificate
+        // comes out of it.
+        let unterminated = format!("{}-----BEGIN CERTIFICATE-----\nAAAA\n{}", a.cert, b.cert);
+        let kept = certs::pem_certificates(unterminated.as_bytes());
+        assert!(kept.contains(&certs::pem_certificates(a.cert.as_bytes())[0]));
+        for cert in &kept {
+            assert!(certs::validity_pem(cert).is_ok(), "{cert}");
+        }
         assert_eq!(certs::pem_certificates(ab.as_bytes()).len(), 2);
         assert_eq!(certs::pem_bundle([&b""[..]]), "");
     }

@@ -120,9 +120,11 @@ pub fn pem_certificates(pem: &[u8]) -> Vec<String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem)
-        // The slice iterator moves past a bad block line by line, so the certificates after it
-        // are still read.
+        // The iterator goes on after a block it cannot decode; one whose END line is missing
+        // runs into the next block and yields bytes that are no certificate, which the parse
+        // drops (the next certificate is lost with it).
         .filter_map(Result::ok)
+        .filter(|der| x509_parser::parse_x509_certificate(der).is_ok())
         .map(|der| {
             let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
             let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
@@ -147,26 +149,62 @@ pub fn pem_bundle<'a>(bundles: impl IntoIterator<Item = &'a [u8]>) -> String {
     certs.concat()
 }
 
-/// Whether a certificate of the PEM bundle `cas` issued the first certificate of PEM `cert`:
-/// it names that CA's subject as issuer and carries a signature its key verifies. What a TLS
-/// client trusting `cas` checks first (validity and names aside, see [`names_missing`]).
-pub fn signed_by(cert: &[u8], cas: &[u8]) -> bool {
+/// Whether the chain in PEM `chain` (a leaf, then any intermediates, as a TLS server sends it)
+/// leads to a CA of the PEM bundle `cas`: each certificate names the next as issuer and carries
+/// a signature the next one's key verifies, until one is in `cas` or signed by one there. What
+/// a TLS client trusting `cas` checks first (validity and names aside, see [`names_missing`]).
+/// `None` when that cannot be told here: a signature algorithm x509-parser does not verify
+/// (P-521, say), which a client may well accept.
+pub fn signed_by(chain: &[u8], cas: &[u8]) -> Option<bool> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let Ok(der) = CertificateDer::from_pem_slice(cert) else {
-        return false;
+    use x509_parser::error::X509Error;
+    use x509_parser::prelude::X509Certificate;
+    let ders = |pem: &[u8]| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem)
+            .filter_map(Result::ok)
+            .collect()
     };
-    let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&der) else {
-        return false;
+    let (chain_ders, ca_ders) = (ders(chain), ders(cas));
+    let (chain, cas) = (parsed(&chain_ders), parsed(&ca_ders));
+    let mut unsure = false;
+    // `Some(true)` signed, `Some(false)` not, `None` cannot tell.
+    let mut issued = |child: &X509Certificate<'_>, parent: &X509Certificate<'_>| {
+        if parent.subject() != child.issuer() {
+            return false;
+        }
+        match child.verify_signature(Some(parent.public_key())) {
+            Ok(()) => true,
+            Err(X509Error::SignatureUnsupportedAlgorithm) => {
+                unsure = true;
+                false
+            }
+            Err(_) => false,
+        }
     };
-    CertificateDer::pem_slice_iter(cas)
-        .filter_map(Result::ok)
-        .any(|ca_der| {
-            x509_parser::parse_x509_certificate(&ca_der).is_ok_and(|(_, ca)| {
-                ca.subject() == leaf.issuer()
-                    && leaf.verify_signature(Some(ca.public_key())).is_ok()
-            })
-        })
+    for (i, cert) in chain.iter().enumerate() {
+        if cas
+            .iter()
+            .any(|ca| ca.as_ref() == cert.as_ref() || issued(cert, ca))
+        {
+            return Some(true);
+        }
+        // Only a link to the next certificate of the chain carries on.
+        match chain.get(i + 1) {
+            Some(next) if issued(cert, next) => {}
+            _ => break,
+        }
+    }
+    if unsure { None } else { Some(false) }
+}
+
+/// The certificates of `ders` that parse.
+fn parsed<'a>(
+    ders: &'a [rustls_pki_types::CertificateDer<'static>],
+) -> Vec<x509_parser::prelude::X509Certificate<'a>> {
+    ders.iter()
+        .filter_map(|d| x509_parser::parse_x509_certificate(d).ok().map(|(_, c)| c))
+        .collect()
 }
 
 /// The names of `dns_names` and `ips` that the first certificate of PEM `cert` does not carry
@@ -251,14 +289,50 @@ mod tests {
         let other = generate_ca("other", HOUR).unwrap();
         let leaf = issue_serving(&ca, &["svc".into()], &[], HOUR).unwrap();
         let both = pem_bundle([other.cert.as_bytes(), ca.cert.as_bytes()]);
-        assert!(signed_by(leaf.cert.as_bytes(), both.as_bytes()));
-        assert!(signed_by(leaf.cert.as_bytes(), ca.cert.as_bytes()));
-        assert!(!signed_by(leaf.cert.as_bytes(), other.cert.as_bytes()));
+        let signed = |chain: &str, cas: &str| signed_by(chain.as_bytes(), cas.as_bytes());
+        assert_eq!(signed(&leaf.cert, &both), Some(true));
+        assert_eq!(signed(&leaf.cert, &ca.cert), Some(true));
+        assert_eq!(signed(&leaf.cert, &other.cert), Some(false));
         // Same subject, another key: the name alone is not enough.
         let impostor = generate_ca("ours", HOUR).unwrap();
-        assert!(!signed_by(leaf.cert.as_bytes(), impostor.cert.as_bytes()));
-        assert!(!signed_by(b"not pem", ca.cert.as_bytes()));
-        assert!(!signed_by(leaf.cert.as_bytes(), b""));
+        assert_eq!(signed(&leaf.cert, &impostor.cert), Some(false));
+        assert_eq!(signed("not pem", &ca.cert), Some(false));
+        assert_eq!(signed(&leaf.cert, ""), Some(false));
+    }
+
+    /// A serving certificate from an intermediate CA, sent with it (cert-manager's CA issuer
+    /// under a root, say): trusted by a client that trusts the root only.
+    #[test]
+    fn signed_by_follows_the_chain_to_a_trusted_ca() {
+        let root = generate_ca("root", HOUR).unwrap();
+        let root_key = KeyPair::from_pem(&root.key).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&root.cert, root_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let intermediate = PemPair {
+            cert: params.signed_by(&key, &issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        };
+        let leaf = issue_serving(&intermediate, &["svc".into()], &[], HOUR).unwrap();
+        let chain = format!("{}{}", leaf.cert, intermediate.cert);
+        let signed = |chain: &str, cas: &str| signed_by(chain.as_bytes(), cas.as_bytes());
+        assert_eq!(signed(&chain, &root.cert), Some(true));
+        assert_eq!(signed(&chain, &intermediate.cert), Some(true));
+        assert_eq!(
+            signed(&leaf.cert, &root.cert),
+            Some(false),
+            "the link is missing"
+        );
+        let stranger = generate_ca("stranger", HOUR).unwrap();
+        assert_eq!(signed(&chain, &stranger.cert), Some(false));
+        // A chain whose second certificate did not sign the first leads nowhere.
+        let unrelated = format!("{}{}", leaf.cert, root.cert);
+        assert_eq!(signed(&unrelated, &root.cert), Some(false));
     }
 
     #[test]

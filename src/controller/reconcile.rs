@@ -77,9 +77,14 @@ pub struct Backups {
     pub partial_warned: Arc<AtomicBool>,
 }
 
-/// How long a reconcile waits for the other kind's first list. A list that takes longer is a
-/// failing watch (a missing CRD, a removed RBAC rule), which would otherwise hold back every
-/// backup of this kind for as long as it fails.
+/// How long a reconcile waits for the other kind's first list. A list that takes longer is
+/// almost always a failing watch (a missing CRD, a removed RBAC rule), which would otherwise hold
+/// back every backup of this kind for as long as it fails. A merely slow one costs a rewrite of
+/// the affected CronJobs' init delays once it arrives. Until then a backup that shares a new
+/// repository with one of the other kind may get no delay before it, so the two first runs
+/// could initialise it at once (`job_template::init_delay`): that needs both kinds on one new
+/// repository and a list that does not come, while waiting would hold back every change to
+/// this kind's backups (new ones get no CronJob) for as long as it does not come.
 pub const LIST_GRACE: Duration = Duration::from_secs(30);
 
 /// Creation order, ties broken by kind, namespace and name; borrowed, since a reconcile compares

@@ -156,11 +156,11 @@ fn parse_run_as_user(s: &str) -> Result<RunAsUser, String> {
         Ok(0) => {
             Err("0 is root; the injected containers run non-root (give another ID, or none)".into())
         }
-        // The apiserver stores an int64 but the kernel's IDs are 32 bits.
-        Ok(id) if (1..=i64::from(u32::MAX)).contains(&id) => Ok(RunAsUser(Some(id))),
+        // The field is an int64, but the apiserver's validation allows 0 to 2^31-1 only.
+        Ok(id) if (1..=i64::from(i32::MAX)).contains(&id) => Ok(RunAsUser(Some(id))),
         _ => Err(format!(
             "{s:?} is not a user ID (1 to {}) or none",
-            u32::MAX
+            i32::MAX
         )),
     }
 }
@@ -1122,14 +1122,14 @@ mod tests {
                 "0",
                 "0 is root; the injected containers run non-root (give another ID, or none)",
             ),
-            ("-1", "\"-1\" is not a user ID (1 to 4294967295) or none"),
+            ("-1", "\"-1\" is not a user ID (1 to 2147483647) or none"),
             (
-                "4294967296",
-                "\"4294967296\" is not a user ID (1 to 4294967295) or none",
+                "2147483648",
+                "\"2147483648\" is not a user ID (1 to 2147483647) or none",
             ),
             (
                 "nobody",
-                "\"nobody\" is not a user ID (1 to 4294967295) or none",
+                "\"nobody\" is not a user ID (1 to 2147483647) or none",
             ),
         ] {
             assert_eq!(parse_run_as_user(bad), Err(why.to_owned()), "{bad}");

@@ -52,8 +52,9 @@ to a per-pod directory, mounted read-only). Any other type is an error.
 
 IMAGES: there are none. --image IMAGE=CONTAINER_PATH:HOST_PATH makes a host file appear at a \
 path inside containers of IMAGE (repeat for more files); --entrypoint gives the command for \
-containers without one; --image-user the user of those without runAsUser. IMAGE matches with or without tag/digest. An image that is not mapped is \
-an error unless --host-image matches it (then it runs on the host filesystem alone).
+containers without one, --image-user the user of those without runAsUser. IMAGE matches with \
+or without tag/digest. An image that is not mapped is an error unless --host-image matches it \
+(then it runs on the host filesystem alone).
 
 OUTPUT: each container's stdout/stderr goes to OUTPUT_DIR/<container>.log and is echoed with a \
 [container] prefix; a JSON report (every container's kind, exit code, signal, start/end times, \

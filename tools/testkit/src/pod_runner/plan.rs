@@ -632,19 +632,22 @@ fn prepare_container(
         ResolvedImage::Mapped(spec) => spec.user,
         ResolvedImage::HostOnly => None,
     };
-    let uid = id_of(
+    let run_as_user = id_of(
         sc.and_then(|s| s.run_as_user)
             .or(pod_sc.and_then(|s| s.run_as_user)),
         "runAsUser",
-    )?
-    .or(image_user.map(|(uid, _)| uid))
-    .unwrap_or(0);
+    )?;
+    let uid = run_as_user.or(image_user.map(|(uid, _)| uid)).unwrap_or(0);
+    // The image's group goes with the image's user only: the kubelet gives another runAsUser
+    // without runAsGroup the group of that user in the image (root here, with no passwd file).
     let gid = id_of(
         sc.and_then(|s| s.run_as_group)
             .or(pod_sc.and_then(|s| s.run_as_group)),
         "runAsGroup",
     )?
-    .or(image_user.map(|(_, gid)| gid))
+    .or(image_user
+        .filter(|_| run_as_user.is_none())
+        .map(|(_, gid)| gid))
     .unwrap_or(0);
     let non_root = sc
         .and_then(|s| s.run_as_non_root)
