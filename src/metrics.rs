@@ -49,6 +49,14 @@ pub struct ReconcileLabels {
     pub result: &'static str,
 }
 
+/// A failure of a controller's streams.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamErrorLabels {
+    pub kind: &'static str,
+    /// `watch`: a list or watch failed; `cache`: the cache never filled, nothing reconciled.
+    pub stream: &'static str,
+}
+
 /// What the controller knows about one resource's backups, as exported.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BackupFigures {
@@ -141,6 +149,7 @@ pub struct Metrics {
     pub tls_not_after: Gauge,
     pub backups: BackupMetrics,
     pub reconciles: Family<ReconcileLabels, Counter>,
+    pub controller_stream_errors: Family<StreamErrorLabels, Counter>,
     pub leader: Gauge,
 }
 
@@ -211,6 +220,12 @@ impl Metrics {
             "Reconciliations by kind and result (ok, error, abandoned: the leadership term ended during it)",
             reconciles.clone(),
         );
+        let controller_stream_errors = Family::<StreamErrorLabels, Counter>::default();
+        registry.register(
+            "controller_stream_errors",
+            "Failed lists or watches (stream=watch) and caches that never filled (stream=cache) of the leader's controllers, by kind: while they fail, changes to that kind go unnoticed",
+            controller_stream_errors.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -221,6 +236,7 @@ impl Metrics {
             registry: Arc::new(registry),
             backups,
             reconciles,
+            controller_stream_errors,
             leader,
             webhook_requests,
             webhook_latency,

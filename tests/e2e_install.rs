@@ -455,5 +455,17 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
         log.contains("reconciling without the S3Backup list"),
         "no warning about the missing list:\n{log}"
     );
+    let failed_watches = fixtures::metric(
+        op.admin,
+        "backup_operator_controller_stream_errors_total{kind=\"S3Backup\",stream=\"watch\"}",
+    )
+    .await;
+    assert!(failed_watches > 0.0, "the failing watch is not counted");
+    let volume_errors = fixtures::metric(
+        op.admin,
+        "backup_operator_controller_stream_errors_total{kind=\"VolumeBackup\"",
+    )
+    .await;
+    assert_eq!(volume_errors, 0.0, "only the S3Backup watch fails");
     let _ = OPERATOR;
 }

@@ -253,11 +253,23 @@ async fn run_controller<K: Reconciled>(
     let kind = K::KIND.as_str();
     let mut watch_warnings = Throttle::default();
     let mut runner_warnings = Throttle::default();
+    let metrics = ctx.metrics.clone();
     let results = controller.run(reconcile::reconcile::<K>, reconcile::error_policy::<K>, ctx);
     tokio::pin!(results);
     while let Some(result) = results.next().await {
         let Err(e) = result else { continue };
         let class = classify(&e);
+        let stream = match class {
+            StreamError::Quiet => None,
+            StreamError::Watch => Some("watch"),
+            StreamError::Runner => Some("cache"),
+        };
+        if let Some(stream) = stream {
+            metrics
+                .controller_stream_errors
+                .get_or_create(&crate::metrics::StreamErrorLabels { kind, stream })
+                .inc();
+        }
         let throttle = match class {
             StreamError::Quiet => None,
             StreamError::Watch => Some(&mut watch_warnings),

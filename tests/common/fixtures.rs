@@ -57,7 +57,6 @@ pub fn condition(status: Option<&BackupStatus>, type_: &str) -> Option<(String, 
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-/// A plain HTTP/1.1 GET (the admin port), answered with `(status, body)`.
 /// The sum of every series of the metric `name` (a prefix match) on an operator's admin port.
 pub async fn metric(admin: SocketAddr, name: &str) -> f64 {
     let (_, body) = http_get(admin, "/metrics").await;
@@ -67,6 +66,7 @@ pub async fn metric(admin: SocketAddr, name: &str) -> f64 {
         .sum()
 }
 
+/// A plain HTTP/1.1 GET (the admin port), answered with `(status, body)`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
