@@ -206,17 +206,21 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
         ),
     )
     .unwrap();
-    let op = Operator::start_self_managed(
-        &[
-            "--tls-secret",
-            "backup-operator-tls",
-            "--cert-ip",
-            "127.0.0.1",
-            "--lease-duration",
-            "6s",
-        ],
-        &[("KUBECONFIG", sa_kubeconfig.as_os_str())],
-    );
+    // The operator as the ServiceAccount, with self-managed certificates.
+    let start = || {
+        Operator::start_self_managed(
+            &[
+                "--tls-secret",
+                "backup-operator-tls",
+                "--cert-ip",
+                "127.0.0.1",
+                "--lease-duration",
+                "6s",
+            ],
+            &[("KUBECONFIG", sa_kubeconfig.as_os_str())],
+        )
+    };
+    let op = start();
     point_webhooks_at(cp, &op);
 
     let client = cp.client().await;
@@ -412,17 +416,7 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     )
     .await
     .unwrap();
-    let op = Operator::start_self_managed(
-        &[
-            "--tls-secret",
-            "backup-operator-tls",
-            "--cert-ip",
-            "127.0.0.1",
-            "--lease-duration",
-            "6s",
-        ],
-        &[("KUBECONFIG", sa_kubeconfig.as_os_str())],
-    );
+    let op = start();
     point_webhooks_at(cp, &op);
     let monthly =
         manifest("https://hooks.example.com/fail").replace("name: nightly", "name: monthly");

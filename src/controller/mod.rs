@@ -156,14 +156,7 @@ pub async fn run(
         let (vb, volume_listed) =
             controller::<VolumeBackup>(&client, vb_writer, concurrency, done.clone());
         let (s3, s3_listed) = controller::<S3Backup>(&client, s3_writer, concurrency, done.clone());
-        let backups = Backups {
-            volume: vb.store(),
-            s3: s3.store(),
-            volume_listed,
-            s3_listed,
-            started: std::time::Instant::now(),
-            partial_warned: Arc::default(),
-        };
+        let backups = Backups::new(vb.store(), s3.store(), volume_listed, s3_listed);
         let vb = run_controller(vb, context(vb_jobs, &backups, &done), done.clone());
         let s3 = run_controller(s3, context(s3_jobs, &backups, &done), done.clone());
         let certs = rotate_certificates(client.clone(), rotation.clone(), done.clone());

@@ -118,6 +118,23 @@ fn older<R: Reconciled>(store: &Store<R>, url: &str, me: &Age<'_>) -> usize {
 }
 
 impl Backups {
+    /// Both caches of a term that starts now.
+    pub fn new(
+        volume: Store<VolumeBackup>,
+        s3: Store<S3Backup>,
+        volume_listed: Arc<AtomicBool>,
+        s3_listed: Arc<AtomicBool>,
+    ) -> Self {
+        Backups {
+            volume,
+            s3,
+            volume_listed,
+            s3_listed,
+            started: std::time::Instant::now(),
+            partial_warned: Arc::default(),
+        }
+    }
+
     /// How long `r`'s backups wait before initialising a repository that does not exist yet:
     /// by its place among the backups writing to the same repository URL, oldest first, so
     /// that no two initialise one repository at once (`job_template::init_delay`). A new
@@ -932,21 +949,24 @@ mod tests {
         writer.apply_watcher_event(&Event::InitDone);
     }
 
+    /// Both caches of a term that has just started, empty and not listed, with their writers.
+    fn unlisted_backups() -> (
+        Backups,
+        kube::runtime::reflector::store::Writer<VolumeBackup>,
+        kube::runtime::reflector::store::Writer<S3Backup>,
+    ) {
+        let (volume, volume_writer) = kube::runtime::reflector::store();
+        let (s3, s3_writer) = kube::runtime::reflector::store();
+        let backups = Backups::new(volume, s3, Arc::default(), Arc::default());
+        (backups, volume_writer, s3_writer)
+    }
+
     /// A VolumeBackup reconciled before the S3Backup list is in would not count an older
     /// S3Backup on its repository (and get 0 s instead of 20 s): no delay until both are in.
     #[test]
     fn the_init_delay_waits_for_both_kinds_first_lists() {
         let url = "s3:https://s3.example.com/shared";
-        let (volume, mut volume_writer) = kube::runtime::reflector::store();
-        let (s3, mut s3_writer) = kube::runtime::reflector::store();
-        let mut backups = Backups {
-            volume,
-            s3,
-            volume_listed: Arc::default(),
-            s3_listed: Arc::default(),
-            started: std::time::Instant::now(),
-            partial_warned: Arc::default(),
-        };
+        let (mut backups, mut volume_writer, mut s3_writer) = unlisted_backups();
         let me = volume_backup("newer", url, 2_000);
         list(
             &mut volume_writer,
@@ -1017,16 +1037,8 @@ mod tests {
     async fn deleting_backups_and_filling_caches_make_no_requests() {
         use std::sync::atomic::Ordering;
         let url = "/repo";
-        let (volume, mut volume_writer) = kube::runtime::reflector::store();
-        let (s3, mut s3_writer) = kube::runtime::reflector::store();
-        let (ctx, requests) = offline_context(Backups {
-            volume,
-            s3,
-            volume_listed: Arc::default(),
-            s3_listed: Arc::default(),
-            started: std::time::Instant::now(),
-            partial_warned: Arc::default(),
-        });
+        let (backups, mut volume_writer, mut s3_writer) = unlisted_backups();
+        let (ctx, requests) = offline_context(backups);
         let vb = volume_backup("nightly", url, 1_000);
         list(&mut volume_writer, vec![vb.clone()]);
         ctx.backups.volume_listed.store(true, Ordering::Release);
