@@ -775,13 +775,19 @@ mod tests {
         assert!(decide(&c, &stable, true).unwrap().is_none());
     }
 
+    /// Our CA, another one, a serving certificate of ours and the bundle of our CA.
+    fn ours_and_another() -> (PemPair, PemPair, PemPair, String) {
+        let ca = certs::generate_ca("ours", Duration::from_secs(3600)).unwrap();
+        let other = certs::generate_ca("other", Duration::from_secs(3600)).unwrap();
+        let serving = cfg().issue(&ca).unwrap();
+        let bundle = certs::pem_bundle([ca.cert.as_bytes()]);
+        (ca, other, serving, bundle)
+    }
+
     #[test]
     fn cert_a_hand_edited_serving_certificate_is_reissued_by_the_signing_ca() {
         let c = cfg();
-        let ca = certs::generate_ca("ours", Duration::from_secs(3600)).unwrap();
-        let foreign_ca = certs::generate_ca("foreign", Duration::from_secs(3600)).unwrap();
-        let good = c.issue(&ca).unwrap();
-        let bundle = certs::pem_bundle([ca.cert.as_bytes()]);
+        let (ca, foreign_ca, good, bundle) = ours_and_another();
         let with = |serving: &PemPair| {
             stored(Phase::Stable, data(&bundle, Some(&ca), Some(serving), None))
         };
@@ -837,11 +843,7 @@ mod tests {
 
     #[test]
     fn cert_a_secret_whose_cas_do_not_fit_is_adopted() {
-        let c = cfg();
-        let ca = certs::generate_ca("ours", Duration::from_secs(3600)).unwrap();
-        let other = certs::generate_ca("other", Duration::from_secs(3600)).unwrap();
-        let serving = c.issue(&ca).unwrap();
-        let bundle = certs::pem_bundle([ca.cert.as_bytes()]);
+        let (ca, other, serving, bundle) = ours_and_another();
         let wrong_key = PemPair {
             cert: ca.cert.clone(),
             key: other.key.clone(),

@@ -89,6 +89,21 @@ fn point_webhooks_at(cp: &ControlPlane, op: &Operator) {
     }
 }
 
+/// Applies the JSON patch `ops` to the operator's ClusterRole.
+fn patch_cluster_role(cp: &ControlPlane, ops: &str) {
+    kubectl_ok(
+        cp,
+        &[
+            "patch",
+            "clusterrole",
+            "backup-operator",
+            "--type=json",
+            "-p",
+            ops,
+        ],
+    );
+}
+
 #[tokio::test]
 async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     let cp = ControlPlane::shared();
@@ -309,16 +324,9 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
 
     // The Secrets rule is optional: without it a backup still becomes Ready, and the condition
     // says which Secret was not checked.
-    kubectl_ok(
+    patch_cluster_role(
         cp,
-        &[
-            "patch",
-            "clusterrole",
-            "backup-operator",
-            "--type=json",
-            "-p",
-            r#"[{"op":"test","path":"/rules/8/resources","value":["secrets"]},{"op":"remove","path":"/rules/8"}]"#,
-        ],
+        r#"[{"op":"test","path":"/rules/8/resources","value":["secrets"]},{"op":"remove","path":"/rules/8"}]"#,
     );
     let weekly =
         manifest("https://hooks.example.com/fail").replace("name: nightly", "name: weekly");
@@ -384,16 +392,9 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     // back the other kind's backups for longer than the grace. A new process, so that its term
     // starts with the S3Backup list refused.
     drop(op);
-    kubectl_ok(
+    patch_cluster_role(
         cp,
-        &[
-            "patch",
-            "clusterrole",
-            "backup-operator",
-            "--type=json",
-            "-p",
-            r#"[{"op":"test","path":"/rules/0/resources","value":["volumebackups","s3backups"]},{"op":"replace","path":"/rules/0/resources","value":["volumebackups"]}]"#,
-        ],
+        r#"[{"op":"test","path":"/rules/0/resources","value":["volumebackups","s3backups"]},{"op":"replace","path":"/rules/0/resources","value":["volumebackups"]}]"#,
     );
     let sa = format!("--as=system:serviceaccount:{NS}:backup-operator");
     wait_for(
