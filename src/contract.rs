@@ -62,6 +62,9 @@ pub mod pod {
     pub const RESULT_FILE: &str = "/backup-notifier/result.json";
     /// The notifier binary inside the operator image.
     pub const IMAGE_BIN: &str = "/usr/local/bin/backup-notifier";
+    /// The operator image's numeric `USER` (the Dockerfile's), the default user of the injected
+    /// containers.
+    pub const IMAGE_USER: i64 = 65532;
     /// With `--notifier-ca-configmap`: the ConfigMap volume holding the extra CA, mounted
     /// read-only in the notifier only, and the file the notifier reads it from.
     pub const CA_VOLUME: &str = "backup-notifier-ca";

@@ -195,6 +195,69 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
     );
 }
 
+/// Decisions that refuse, warn or change something are logged at INFO; a plain "allowed" only
+/// at DEBUG, so that the apiserver's every create does not drown them.
+#[tokio::test]
+async fn only_denials_warnings_and_patches_are_logged_at_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path());
+    let named = |name: &str, success: &str| {
+        let mut vb = volume_backup(Some(success), None);
+        vb["metadata"]["name"] = json!(name);
+        serde_json::to_vec(&review(
+            "backups.k8s.bnerd.com",
+            "VolumeBackup",
+            "CREATE",
+            vb,
+            None,
+        ))
+        .unwrap()
+    };
+    for (level, quiet_logged) in [("info", false), ("backup_operator=debug", true)] {
+        let op = Operator::start(&cert, &key, &["--no-controller", "--log-level", level]);
+        let mut conn = connect(op.https, tls_client(&ca.cert)).await;
+        for (name, url) in [
+            ("quiet-allow", "https://hooks.example.com/x"),
+            ("warned-http", "http://hooks.example.com/x"),
+            ("refused-metadata", "http://169.254.169.254/x"),
+        ] {
+            let (status, answer) = conn
+                .request(
+                    "POST",
+                    "/validate",
+                    Some("application/json"),
+                    named(name, url),
+                )
+                .await;
+            assert_eq!(status, 200, "{answer}");
+        }
+        wait_logged(&op, "refused-metadata", Duration::from_secs(10)).await;
+        // Lines arrive in order, so the earlier requests' lines are in by now if they were logged.
+        let log = op.log();
+        let line = |name: &str| log.lines().find(|l| l.contains(name)).map(str::to_owned);
+        let denied = line("refused-metadata").unwrap();
+        assert!(
+            denied.contains("INFO") && denied.contains("denied"),
+            "{log}"
+        );
+        let warned = line("warned-http").unwrap_or_else(|| panic!("warning not logged:\n{log}"));
+        assert!(
+            warned.contains("INFO") && warned.contains("warnings=1"),
+            "{log}"
+        );
+        match line("quiet-allow") {
+            Some(l) => assert!(
+                quiet_logged && l.contains("DEBUG"),
+                "--log-level {level}: {l}"
+            ),
+            None => assert!(
+                !quiet_logged,
+                "--log-level {level}: allowed not logged:\n{log}"
+            ),
+        }
+    }
+}
+
 /// The apiserver reads `response.patch` as a Go `[]byte`, which JSON carries as base64. The
 /// answer must be a base64 string that decodes to a JSON Patch, with `patchType: JSONPatch`.
 #[tokio::test]

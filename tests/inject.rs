@@ -398,6 +398,56 @@ fn the_user_id_flag_sets_or_leaves_out_the_injected_containers_ids() {
     );
 }
 
+/// With `--notifier-run-as-user none` the injected containers inherit the pod's `runAsUser`; in
+/// a pod that runs as root their `runAsNonRoot` would stop the whole pod, so there they run as
+/// the image's user. A non-root pod user is inherited as before, and the pod's change from one to
+/// the other updates them in place.
+#[test]
+fn a_pod_that_runs_as_root_does_not_make_the_injected_containers_root() {
+    let mut platform = config(NotifierMode::Container);
+    platform.run_as_user = None;
+    let users = |cj: &Value| -> Vec<(Value, Value)> {
+        let spec = pod(cj);
+        let all = spec["initContainers"].as_array().unwrap().iter();
+        all.chain(spec["containers"].as_array().unwrap())
+            .filter(|c| c["name"].as_str().unwrap().starts_with("notifier"))
+            .map(|c| {
+                let sc = &c["securityContext"];
+                (sc["runAsUser"].clone(), sc["runAsGroup"].clone())
+            })
+            .collect()
+    };
+    let with_pod_user = |uid: i64| {
+        let mut spec = restic_pod();
+        spec["securityContext"] = json!({"runAsUser": uid, "fsGroup": 2000});
+        cron_job(spec, default_annotations())
+    };
+    let root = with_pod_user(0);
+    let injected = apply(&root, &inject::mutate(root.clone(), &platform).patch);
+    assert_eq!(users(&injected), vec![(json!(65532), json!(65532)); 2]);
+    assert!(inject::mutate(injected.clone(), &platform).patch.is_empty());
+
+    let mut non_root = injected.clone();
+    non_root["spec"]["jobTemplate"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] =
+        json!(1000);
+    let m = inject::mutate(non_root.clone(), &platform);
+    let updated = apply(&non_root, &m.patch);
+    assert_eq!(users(&updated), vec![(Value::Null, Value::Null); 2]);
+    let fresh = with_pod_user(1000);
+    assert_eq!(
+        updated,
+        apply(&fresh, &inject::mutate(fresh.clone(), &platform).patch)
+    );
+    // A fixed ID from the flag wins over the pod's, root or not.
+    let mut fixed = config(NotifierMode::Container);
+    fixed.run_as_user = Some(1_000_650_000);
+    let pinned = apply(&root, &inject::mutate(root.clone(), &fixed).patch);
+    assert_eq!(
+        users(&pinned),
+        vec![(json!(1_000_650_000), json!(1_000_650_000)); 2]
+    );
+}
+
 /// A labelled CronJob a user wrote may use the name for a volume of its own: it is neither
 /// replaced (with the flag) nor removed (without it).
 #[test]
@@ -946,30 +996,37 @@ fn pod_strategy() -> impl Strategy<Value = (Value, Option<String>)> {
             Just("other".to_owned())
         ]),
         prop_oneof![Just("Never"), Just("OnFailure")],
+        // The pod's user: none, root (the injected containers must not inherit it) or another.
+        prop::option::of(prop_oneof![Just(0), Just(1000)]),
     )
-        .prop_map(|(main, other, volumes, inits, grace, target, restart)| {
-            let mut containers = vec![main];
-            containers.extend(other);
-            let mut spec = json!({"containers": containers, "restartPolicy": restart});
-            if let Some(v) = volumes {
-                spec["volumes"] = v
-                    .iter()
-                    .map(|n| json!({"name": format!("v-{n}"), "emptyDir": {}}))
-                    .collect();
-            }
-            if let Some(i) = inits {
-                spec["initContainers"] = i
+        .prop_map(
+            |(main, other, volumes, inits, grace, target, restart, user)| {
+                let mut containers = vec![main];
+                containers.extend(other);
+                let mut spec = json!({"containers": containers, "restartPolicy": restart});
+                if let Some(uid) = user {
+                    spec["securityContext"] = json!({"runAsUser": uid, "fsGroup": 2000});
+                }
+                if let Some(v) = volumes {
+                    spec["volumes"] = v
+                        .iter()
+                        .map(|n| json!({"name": format!("v-{n}"), "emptyDir": {}}))
+                        .collect();
+                }
+                if let Some(i) = inits {
+                    spec["initContainers"] = i
                     .iter()
                     .map(
                         |n| json!({"name": format!("init-{n}"), "image": "x", "command": ["true"]}),
                     )
                     .collect();
-            }
-            if let Some(g) = grace {
-                spec["terminationGracePeriodSeconds"] = json!(g);
-            }
-            (spec, target)
-        })
+                }
+                if let Some(g) = grace {
+                    spec["terminationGracePeriodSeconds"] = json!(g);
+                }
+                (spec, target)
+            },
+        )
 }
 
 /// A generated pod spec's CronJob (with its target container annotated, if any).
@@ -981,7 +1038,8 @@ fn generated(spec: Value, target: Option<&str>) -> Value {
     cron_job(spec, ann)
 }
 
-/// The operator's flags that shape the injection: the mode and which CA, if any, is mounted.
+/// The operator's flags that shape the injection: the mode, which CA, if any, is mounted, and
+/// whether the injected containers get a user ID.
 fn config_strategy() -> impl Strategy<Value = InjectorConfig> {
     let ca = prop_oneof![
         Just(None),
@@ -991,13 +1049,16 @@ fn config_strategy() -> impl Strategy<Value = InjectorConfig> {
             key: "ca.crt".into(),
         })),
     ];
-    (any::<bool>(), ca).prop_map(|(container_mode, ca)| {
+    (any::<bool>(), ca, any::<bool>()).prop_map(|(container_mode, ca, platform_user)| {
         let mut cfg = config(if container_mode {
             NotifierMode::Container
         } else {
             NotifierMode::Sidecar
         });
         cfg.ca = ca;
+        if platform_user {
+            cfg.run_as_user = None;
+        }
         cfg
     })
 }
@@ -1101,7 +1162,10 @@ fn as_stored(mut cj: Value) -> Value {
     cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"] = json!({"labels": {"a": "b"}});
     let pod = &mut cj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     pod["dnsPolicy"] = json!("ClusterFirst");
-    pod["securityContext"] = json!({});
+    if pod.get("securityContext").is_none() {
+        pod["securityContext"] = json!({});
+    }
+    pod["securityContext"]["seLinuxOptions"] = json!({"level": "s0:c1,c2"});
     cj["status"] = json!({"lastScheduleTime": "2026-11-26T03:00:00Z"});
     cj
 }

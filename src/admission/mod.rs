@@ -281,6 +281,20 @@ fn reply(answer: &Answer) -> Response {
     }
 }
 
+/// Logs an admission decision at INFO when it changed or refused something or warned the user,
+/// and at DEBUG otherwise. The apiserver calls the webhooks on every create and update of what
+/// they match, so one INFO line per plain "allowed" would bury the lines that matter (and cost a
+/// tenth of a `/validate`'s CPU); `--log-level backup_operator=debug` shows every decision.
+macro_rules! log_decision {
+    ($notable:expr, $($fields:tt)+) => {
+        if $notable {
+            tracing::info!($($fields)+)
+        } else {
+            tracing::debug!($($fields)+)
+        }
+    };
+}
+
 fn count_decision(
     state: &AdmissionState,
     webhook: &'static str,
@@ -323,7 +337,8 @@ async fn mutate_handler(
     };
     let decision = if ops == 0 { "unchanged" } else { "patched" };
     count_decision(&state, "mutate", &req.kind.kind, decision);
-    tracing::info!(
+    log_decision!(
+        ops > 0 || warnings > 0,
         uid = %req.uid,
         kind = %req.kind.kind,
         namespace = req.namespace.as_deref().unwrap_or(""),
@@ -387,7 +402,8 @@ async fn validate_handler(
         "denied"
     };
     count_decision(&state, "validate", &kind, decision);
-    tracing::info!(
+    log_decision!(
+        !verdict.denials.is_empty() || !verdict.warnings.is_empty(),
         uid = %req.uid,
         kind = %kind,
         namespace = req.namespace.as_deref().unwrap_or(""),

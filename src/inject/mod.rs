@@ -64,6 +64,10 @@ const POD_SPEC_VIEW: Keep = Keep::Members(&[
     ("containers", Keep::All),
     ("terminationGracePeriodSeconds", Keep::All),
     ("restartPolicy", Keep::All),
+    (
+        "securityContext",
+        Keep::Members(&[("runAsUser", Keep::All)]),
+    ),
 ]);
 
 /// The Job controller's default `backoffLimit`.
@@ -138,8 +142,9 @@ pub struct InjectorArgs {
     pub notifier_ca_key: String,
     /// User and group ID the injected containers run as, or `none` to leave both to the
     /// platform: OpenShift's restricted-v2 SCC refuses a fixed ID outside the namespace's range
-    /// and assigns one itself. Non-root either way (runAsNonRoot stays; without an ID the
-    /// image's numeric USER, 65532 in ours, is what the kubelet checks).
+    /// and assigns one itself. Non-root either way (runAsNonRoot stays; without an ID they take
+    /// the pod's runAsUser, else the image's numeric USER, 65532 in ours; in a pod that runs as
+    /// root they run as 65532).
     #[arg(long, value_name = "UID|none", default_value = "65532", value_parser = parse_run_as_user)]
     pub notifier_run_as_user: RunAsUser,
 }
@@ -494,7 +499,8 @@ fn inject(cron_job: Value, cfg: &InjectorConfig, target_name: &str) -> Mutation 
             ));
         }
     }
-    let notifier = notifier_container(cfg, ca, &ann, retried_in_place);
+    let user = containers_user(cfg, &cron_job);
+    let notifier = notifier_container(cfg, user, ca, &ann, retried_in_place);
     let mut b = PatchBuilder::new(cron_job);
     ensure_named(&mut b, "volumes", pod::VOLUME, volume(), None);
     match ca {
@@ -507,7 +513,7 @@ fn inject(cron_job: Value, cfg: &InjectorConfig, target_name: &str) -> Mutation 
         &mut b,
         "initContainers",
         pod::INSTALL_CONTAINER,
-        install_container(cfg),
+        install_container(cfg, user),
         Some(0),
     );
     match cfg.mode {
@@ -856,8 +862,18 @@ fn ca_volume(ca: &NotifierCa) -> Value {
     })
 }
 
+/// The user ID the injected containers run as, `None` to leave it out. Left out, they inherit
+/// the pod's `runAsUser`: in a pod that runs as root (a backup reading root-owned files) their
+/// `runAsNonRoot` would make the kubelet refuse them, and with them the whole backup pod. There
+/// they run as the image's user instead, which a platform that admits a root pod admits too.
+fn containers_user(cfg: &InjectorConfig, cron_job: &Value) -> Option<i64> {
+    let pod_runs_as_root = pod_spec(cron_job)["securityContext"]["runAsUser"].as_i64() == Some(0);
+    cfg.run_as_user
+        .or_else(|| pod_runs_as_root.then_some(pod::IMAGE_USER))
+}
+
 /// Restricted, as the Pod Security Standards define it.
-fn restricted(cfg: &InjectorConfig) -> Value {
+fn restricted(user: Option<i64>) -> Value {
     let mut context = json!({
         "runAsNonRoot": true,
         "readOnlyRootFilesystem": true,
@@ -869,8 +885,8 @@ fn restricted(cfg: &InjectorConfig) -> Value {
     // container may lack keys the stored one has (apiserver defaults), so only a null makes a
     // container injected with an ID differ, and get replaced, once the flag says none. The
     // apiserver stores a null pointer field as absent, which a null then matches.
-    context["runAsUser"] = json!(cfg.run_as_user);
-    context["runAsGroup"] = json!(cfg.run_as_user);
+    context["runAsUser"] = json!(user);
+    context["runAsGroup"] = json!(user);
     context
 }
 
@@ -879,13 +895,13 @@ fn mount() -> Value {
     json!({"name": pod::VOLUME, "mountPath": pod::MOUNT_PATH})
 }
 
-fn install_container(cfg: &InjectorConfig) -> Value {
+fn install_container(cfg: &InjectorConfig, user: Option<i64>) -> Value {
     json!({
         "name": pod::INSTALL_CONTAINER,
         "image": cfg.image,
         "command": [pod::IMAGE_BIN, "install", pod::INSTALLED_BIN],
         "resources": cfg.resources,
-        "securityContext": restricted(cfg),
+        "securityContext": restricted(user),
         "volumeMounts": [mount()],
     })
 }
@@ -893,6 +909,7 @@ fn install_container(cfg: &InjectorConfig) -> Value {
 /// `retried_in_place`: the pod's restartPolicy is OnFailure, so a failed attempt is not final.
 fn notifier_container<'a>(
     cfg: &InjectorConfig,
+    user: Option<i64>,
     ca: Option<&NotifierCa>,
     ann: &impl Fn(&str) -> Option<&'a str>,
     retried_in_place: bool,
@@ -946,7 +963,7 @@ fn notifier_container<'a>(
         "command": [pod::IMAGE_BIN, "notify"],
         "env": env,
         "resources": cfg.resources,
-        "securityContext": restricted(cfg),
+        "securityContext": restricted(user),
         "volumeMounts": mounts,
     });
     if cfg.mode == NotifierMode::Sidecar {
@@ -1108,7 +1125,10 @@ mod tests {
             InjectorConfig::new(&parse(&[]), Vec::new()).resources["limits"],
             json!({"memory": "64Mi"})
         );
-        assert_eq!(parse(&[]).notifier_run_as_user, RunAsUser(Some(65532)));
+        assert_eq!(
+            parse(&[]).notifier_run_as_user,
+            RunAsUser(Some(pod::IMAGE_USER))
+        );
         assert_eq!(
             parse(&["--notifier-run-as-user", "none"]).notifier_run_as_user,
             RunAsUser(None)
