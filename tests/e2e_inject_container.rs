@@ -14,8 +14,11 @@ use k8s_openapi::api::core::v1::PodSpec;
 use kube::api::{Api, ListParams};
 use testkit::receiver::{Receiver, Reply};
 
-/// `(runAsUser, runAsGroup, runAsNonRoot)` of each injected container, by name.
-fn injected_users(spec: &PodSpec) -> Vec<(String, Option<i64>, Option<i64>, Option<bool>)> {
+/// `runAsUser`, `runAsGroup` and `runAsNonRoot` of a container.
+type Ids = (Option<i64>, Option<i64>, Option<bool>);
+
+/// The IDs of each injected container, by name.
+fn injected_users(spec: &PodSpec) -> Vec<(String, Ids)> {
     spec.init_containers
         .iter()
         .flatten()
@@ -23,12 +26,8 @@ fn injected_users(spec: &PodSpec) -> Vec<(String, Option<i64>, Option<i64>, Opti
         .filter(|c| c.name.starts_with("notifier"))
         .map(|c| {
             let sc = c.security_context.clone().unwrap_or_default();
-            (
-                c.name.clone(),
-                sc.run_as_user,
-                sc.run_as_group,
-                sc.run_as_non_root,
-            )
+            let ids = (sc.run_as_user, sc.run_as_group, sc.run_as_non_root);
+            (c.name.clone(), ids)
         })
         .collect()
 }
@@ -56,8 +55,8 @@ async fn container_mode_notifies_exactly_once_per_outcome() {
         let users = injected_users(&pod_spec(cj));
         let names: Vec<_> = users.iter().map(|u| u.0.as_str()).collect();
         assert_eq!(names, ["notifier-install", "notifier"]);
-        for (name, uid, gid, non_root) in users {
-            assert_eq!((uid, gid, non_root), (None, None, Some(true)), "{name}");
+        for (name, ids) in users {
+            assert_eq!(ids, (None, None, Some(true)), "{name}");
         }
     }
 
@@ -75,12 +74,8 @@ async fn container_mode_notifies_exactly_once_per_outcome() {
         Some(0),
         "the pod's own user is kept"
     );
-    for (name, uid, gid, non_root) in injected_users(&spec) {
-        assert_eq!(
-            (uid, gid, non_root),
-            (Some(65532), Some(65532), Some(true)),
-            "{name}"
-        );
+    for (name, ids) in injected_users(&spec) {
+        assert_eq!(ids, (Some(65532), Some(65532), Some(true)), "{name}");
     }
     let out = tempfile::tempdir().unwrap();
     let report = runner(out.path(), ns.name(), None, |_| {})
