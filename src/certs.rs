@@ -149,12 +149,19 @@ pub fn pem_bundle<'a>(bundles: impl IntoIterator<Item = &'a [u8]>) -> String {
     certs.concat()
 }
 
+/// ring, which x509-parser verifies with, takes RSA keys of 2048 to 8192 bits only, and fails
+/// every signature of another size; Go's TLS client (the apiserver's) also takes 1024-bit keys.
+fn rsa_key_ring_cannot_use(cert: &x509_parser::prelude::X509Certificate<'_>) -> bool {
+    use x509_parser::public_key::PublicKey;
+    matches!(cert.public_key().parsed(), Ok(PublicKey::RSA(rsa)) if !(2048..=8192).contains(&rsa.key_size()))
+}
+
 /// Whether the chain in PEM `chain` (a leaf, then any intermediates, as a TLS server sends it)
 /// leads to a CA of the PEM bundle `cas`: each certificate names the next as issuer and carries
 /// a signature the next one's key verifies, until one is in `cas` or signed by one there. What
 /// a TLS client trusting `cas` checks first (validity and names aside, see [`names_missing`]).
 /// `None` when that cannot be told here: a signature algorithm x509-parser does not verify
-/// (P-521, say), which a client may well accept.
+/// (P-521, say) or an RSA key size it does not take (1024 bits), which a client may well accept.
 pub fn signed_by(chain: &[u8], cas: &[u8]) -> Option<bool> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
@@ -176,6 +183,10 @@ pub fn signed_by(chain: &[u8], cas: &[u8]) -> Option<bool> {
         match child.verify_signature(Some(parent.public_key())) {
             Ok(()) => true,
             Err(X509Error::SignatureUnsupportedAlgorithm) => {
+                unsure = true;
+                false
+            }
+            Err(_) if rsa_key_ring_cannot_use(parent) => {
                 unsure = true;
                 false
             }
@@ -333,6 +344,24 @@ mod tests {
         // A chain whose second certificate did not sign the first leads nowhere.
         let unrelated = format!("{}{}", leaf.cert, root.cert);
         assert_eq!(signed(&unrelated, &root.cert), Some(false));
+    }
+
+    /// A 1024-bit RSA CA (`openssl req -x509 -newkey rsa:1024 -sha256`, valid for a century) and
+    /// a serving certificate it signed. Go's TLS client trusts the pair; ring refuses the key size.
+    const RSA_1024_CA: &str = "-----BEGIN CERTIFICATE-----\nMIICGDCCAYGgAwIBAgIUM63wRpKbo88uygBhTYYP+qWU7oIwDQYJKoZIhvcNAQEL\nBQAwHTEbMBkGA1UEAwwSbGVnYWN5LXJzYS0xMDI0LWNhMCAXDTI2MTEyODEyMjgy\nMFoYDzIxMjYxMTA0MTIyODIwWjAdMRswGQYDVQQDDBJsZWdhY3ktcnNhLTEwMjQt\nY2EwgZ8wDQYJKoZIhvcNAQEBBQADgY0AMIGJAoGBAL/0nX61NgTAC/ZW52yb98+V\nwOnFgktWQaYHaTIVSt1L3bsW2U5zNVhnIQ4dHUStsUZmNc6DAg7uMpTmeMfLVfC1\narIvYOGhOc/ePkcGIemrQs1byLAvgB5FP2s8D0oQzxZlwMXRRaXw/corWm6wi8BS\nFckp7V3pGEc4zUKHk+01AgMBAAGjUzBRMB0GA1UdDgQWBBSATB/etYZO2oh0cMYr\nIDfJHZwQUDAfBgNVHSMEGDAWgBSATB/etYZO2oh0cMYrIDfJHZwQUDAPBgNVHRMB\nAf8EBTADAQH/MA0GCSqGSIb3DQEBCwUAA4GBAIk8X6VhTjJv5rqyroYNM6SmqTWr\nL1teRaIzajqhIV2WbYvooY+FCBs9WpU4xKAnlXuEkAGFsaXYa/Suuh/HhwSEUJGX\nEGd+zbR9gHI1kfh+MpkGZwKnQC6yw0OGfsXoLZFezDlgRw/bx9Tytt+eU0W7TOrL\nVeNwBT7jDwEnVQq8\n-----END CERTIFICATE-----\n";
+    const RSA_1024_SIGNED: &str = "-----BEGIN CERTIFICATE-----\nMIICPzCCAagCFD5OYt+ceJRSR2rhC5O6WbYboJLVMA0GCSqGSIb3DQEBCwUAMB0x\nGzAZBgNVBAMMEmxlZ2FjeS1yc2EtMTAyNC1jYTAgFw0yNjExMjgxMjI4MjBaGA8y\nMTI2MTEwNDEyMjgyMFowGjEYMBYGA1UEAwwPYmFja3VwLW9wZXJhdG9yMIIBIjAN\nBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA4PxVV2ZrNRbP4Ebfn70Mf1+OAqJ/\nopiGgzylUUvY8oQIF2AuWdnBTOt39u0Q8Gpdp3li6JyX37/OMZtRBKs0AVglq9km\ngjrouvWDJ7engUDHDmzLNFwNhI8b0z8E1tOrxuV22Bk9GU9nc3bZ2gR8gDPfsui8\n5OVge1ORDJZoaz2kO4NdvUeJtehr0DUKsRSeXmM++heClbTQ9heQMKJt4N3jLpuO\n3hRYGA+J+zdJXWlhj/xSrU3cbGaQ32sg3nwvyJgeyVOLKfvdZEKulXe8incF+qku\nbuMBHce9yQwYQTAbeqkfuDw/3PCluZ14vafT/NI2mNieZsQXS3ariKfDUQIDAQAB\nMA0GCSqGSIb3DQEBCwUAA4GBADblQkqqez0AHpWkeiE5gSGWy7mkqk4XJFBzDSkg\ng3ILbK9gsmsnPETwXGYQlATNJbR5ydXCSx5QMHo3BkEIv5l+ypxFU/fNx4mcFdMD\nROE2rMNgsZBsFaqOsQUbC/fcj+0d12BrHzGyAcUgWKVlwP6ZUv5pn3pArqqz7daf\n1NBo\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn signed_by_cannot_tell_with_an_rsa_key_size_ring_does_not_take() {
+        let signed = |chain: &str, cas: &str| signed_by(chain.as_bytes(), cas.as_bytes());
+        assert_eq!(signed(RSA_1024_SIGNED, RSA_1024_CA), None);
+        let ours = generate_ca("backup-operator-ca", HOUR).unwrap();
+        let both = pem_bundle([RSA_1024_CA.as_bytes(), ours.cert.as_bytes()]);
+        assert_eq!(signed(RSA_1024_SIGNED, &both), None);
+        // Another issuer's name is told without verifying a signature.
+        assert_eq!(signed(RSA_1024_SIGNED, &ours.cert), Some(false));
+        let leaf = issue_serving(&ours, &["svc".into()], &[], HOUR).unwrap();
+        assert_eq!(signed(&leaf.cert, &both), Some(true));
     }
 
     #[test]

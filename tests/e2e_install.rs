@@ -390,7 +390,18 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
 
     // A watch that cannot list (here: S3Backups, by RBAC; as well a missing CRD) must not hold
     // back the other kind's backups for longer than the grace. A new process, so that its term
-    // starts with the S3Backup list refused.
+    // starts with the S3Backup list refused. An S3Backup on the same repository, created while
+    // the webhook still serves, is older than the VolumeBackup created below.
+    let bucket = format!(
+        "apiVersion: backups.k8s.bnerd.com/v1\nkind: S3Backup\nmetadata: {{name: bucket, namespace: {}}}\nspec:\n  source: {{endpoint: \"https://s3.example.com\", bucket: src, credentialsSecretRef: {{name: s3}}}}\n  schedule: \"0 4 * * *\"\n  repository: {{url: /repo, passwordSecretRef: {{name: restic, key: password}}}}\n",
+        ns.name()
+    );
+    let out = kubectl_stdin(cp, &["apply", "-f", "-"], &bucket);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(op);
     patch_cluster_role(
         cp,
@@ -462,5 +473,43 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     )
     .await;
     assert_eq!(volume_errors, 0.0, "only the S3Backup watch fails");
+
+    // Its init delay counts nightly and weekly only; once the S3Backups list, the older S3Backup on the
+    // same repository moves it back at once, not at the next periodic reconcile (5 minutes).
+    let init_delay = || async {
+        let cj = Api::<CronJob>::namespaced(client.clone(), ns.name())
+            .get("monthly-backup")
+            .await?;
+        let spec = cj.spec.and_then(|s| s.job_template.spec);
+        let pod = spec.and_then(|s| s.template.spec).unwrap_or_default();
+        let delay = pod
+            .containers
+            .iter()
+            .flat_map(|c| c.env.iter().flatten())
+            .find(|e| e.name == "BACKUP_INIT_DELAY")
+            .and_then(|e| e.value.clone());
+        anyhow::Ok(delay)
+    };
+    assert_eq!(init_delay().await.unwrap().as_deref(), Some("40"));
+    patch_cluster_role(
+        cp,
+        r#"[{"op":"test","path":"/rules/0/resources","value":["volumebackups"]},{"op":"replace","path":"/rules/0/resources","value":["volumebackups","s3backups"]}]"#,
+    );
+    wait_for(
+        "the late S3Backup list to reach the VolumeBackup's delay",
+        Duration::from_secs(120),
+        || async {
+            let delay = init_delay().await?;
+            anyhow::ensure!(
+                delay.as_deref() == Some("60"),
+                "BACKUP_INIT_DELAY {delay:?}; operator log:\n{}",
+                op.log()
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(op.log().contains("listed after the grace"), "{}", op.log());
     let _ = OPERATOR;
 }

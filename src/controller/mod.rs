@@ -153,10 +153,24 @@ pub async fn run(
         // Each term starts from fresh caches: a follower's would be stale.
         let (vb_jobs, vb_writer) = reflector::store();
         let (s3_jobs, s3_writer) = reflector::store();
+        let started = std::time::Instant::now();
+        let (vb_late, vb_late_rx) = futures::channel::mpsc::unbounded();
+        let (s3_late, s3_late_rx) = futures::channel::mpsc::unbounded();
+        let vb_lists = TermLists {
+            started,
+            late: vb_late,
+            other_late: s3_late_rx,
+        };
+        let s3_lists = TermLists {
+            started,
+            late: s3_late,
+            other_late: vb_late_rx,
+        };
         let (vb, volume_listed) =
-            controller::<VolumeBackup>(&client, vb_writer, concurrency, done.clone());
-        let (s3, s3_listed) = controller::<S3Backup>(&client, s3_writer, concurrency, done.clone());
-        let backups = Backups::new(vb.store(), s3.store(), volume_listed, s3_listed);
+            controller::<VolumeBackup>(&client, vb_writer, concurrency, done.clone(), vb_lists);
+        let (s3, s3_listed) =
+            controller::<S3Backup>(&client, s3_writer, concurrency, done.clone(), s3_lists);
+        let backups = Backups::new(vb.store(), s3.store(), volume_listed, s3_listed, started);
         let vb = run_controller(vb, context(vb_jobs, &backups, &done), done.clone());
         let s3 = run_controller(s3, context(s3_jobs, &backups, &done), done.clone());
         let certs = rotate_certificates(client.clone(), rotation.clone(), done.clone());
@@ -189,14 +203,30 @@ pub async fn run(
     let _ = election.await;
 }
 
+/// How one kind's controller and the other kind's learn of each other's first list in a term.
+struct TermLists {
+    /// When the term's watches started (see [`reconcile::LIST_GRACE`]).
+    started: std::time::Instant,
+    /// Signalled when this kind lists only after the grace.
+    late: futures::channel::mpsc::UnboundedSender<()>,
+    /// The other kind's `late`.
+    other_late: futures::channel::mpsc::UnboundedReceiver<()>,
+}
+
 /// The controller of `K`: its own watch, the CronJobs it owns, and the Jobs (also cached into
 /// `jobs`); and a flag that turns true once its own watch has listed every `K` (the other
 /// kind's reconciles need that, see [`Backups::init_delay`]).
+///
+/// After [`reconcile::LIST_GRACE`] the other kind's backups are reconciled without this list,
+/// so their init delays leave this kind out. When the list then arrives, every backup of the
+/// other kind is reconciled again at once (rather than at its periodic requeue, up to five
+/// minutes later), and vice versa.
 fn controller<K: Reconciled>(
     client: &kube::Client,
     jobs: Writer<Job>,
     concurrency: u16,
     done: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    lists: TermLists,
 ) -> (Controller<K>, Arc<AtomicBool>) {
     use futures::TryStreamExt;
     // Controller::new's own watch, with the first complete list observed on the way.
@@ -208,8 +238,16 @@ fn controller<K: Reconciled>(
         watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
     )
     .inspect_ok(move |event| {
-        if matches!(event, watcher::Event::InitDone) {
-            flag.store(true, Ordering::Release);
+        // A re-list after a desync ends in InitDone too; only the term's first one is news.
+        if matches!(event, watcher::Event::InitDone)
+            && !flag.swap(true, Ordering::AcqRel)
+            && lists.started.elapsed() >= reconcile::LIST_GRACE
+        {
+            tracing::info!(
+                kind = K::KIND.as_str(),
+                "listed after the grace: reconciling the other kind's backups again"
+            );
+            let _ = lists.late.unbounded_send(());
         }
     })
     .applied_objects();
@@ -223,6 +261,7 @@ fn controller<K: Reconciled>(
         .reflect(jobs)
         .touched_objects();
     let controller = Controller::for_stream(own, reader)
+        .reconcile_all_on(lists.other_late)
         .owns(Api::<CronJob>::all(client.clone()), owned)
         .watches_stream(job_events, |job: Job| {
             let name = job.annotations().get(labels::OWNER_NAME)?.clone();

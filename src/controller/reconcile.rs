@@ -80,7 +80,8 @@ pub struct Backups {
 /// How long a reconcile waits for the other kind's first list. A list that takes longer is
 /// almost always a failing watch (a missing CRD, a removed RBAC rule), which would otherwise hold
 /// back every backup of this kind for as long as it fails. A merely slow one costs a rewrite of
-/// the affected CronJobs' init delays once it arrives. Until then a backup that shares a new
+/// the affected CronJobs' init delays once it arrives (the controllers reconcile the other
+/// kind's backups again then). Until then a backup that shares a new
 /// repository with one of the other kind may get no delay before it, so the two first runs
 /// could initialise it at once (`job_template::init_delay`): that needs both kinds on one new
 /// repository and a list that does not come, while waiting would hold back every change to
@@ -118,19 +119,20 @@ fn older<R: Reconciled>(store: &Store<R>, url: &str, me: &Age<'_>) -> usize {
 }
 
 impl Backups {
-    /// Both caches of a term that starts now.
+    /// Both caches of a term whose watches started at `started`.
     pub fn new(
         volume: Store<VolumeBackup>,
         s3: Store<S3Backup>,
         volume_listed: Arc<AtomicBool>,
         s3_listed: Arc<AtomicBool>,
+        started: std::time::Instant,
     ) -> Self {
         Backups {
             volume,
             s3,
             volume_listed,
             s3_listed,
-            started: std::time::Instant::now(),
+            started,
             partial_warned: Arc::default(),
         }
     }
@@ -957,7 +959,13 @@ mod tests {
     ) {
         let (volume, volume_writer) = kube::runtime::reflector::store();
         let (s3, s3_writer) = kube::runtime::reflector::store();
-        let backups = Backups::new(volume, s3, Arc::default(), Arc::default());
+        let backups = Backups::new(
+            volume,
+            s3,
+            Arc::default(),
+            Arc::default(),
+            std::time::Instant::now(),
+        );
         (backups, volume_writer, s3_writer)
     }
 
