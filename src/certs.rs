@@ -153,7 +153,8 @@ pub fn pem_bundle<'a>(bundles: impl IntoIterator<Item = &'a [u8]>) -> String {
 /// every signature of another size; Go's TLS client (the apiserver's) also takes 1024-bit keys.
 fn rsa_key_ring_cannot_use(cert: &x509_parser::prelude::X509Certificate<'_>) -> bool {
     use x509_parser::public_key::PublicKey;
-    matches!(cert.public_key().parsed(), Ok(PublicKey::RSA(rsa)) if !(2048..=8192).contains(&rsa.key_size()))
+    // 0 is x509-parser's answer for a modulus no client takes.
+    matches!(cert.public_key().parsed(), Ok(PublicKey::RSA(rsa)) if !matches!(rsa.key_size(), 0 | 2048..=8192))
 }
 
 /// Whether the chain in PEM `chain` (a leaf, then any intermediates, as a TLS server sends it)

@@ -74,7 +74,9 @@ async fn container_mode_notifies_exactly_once_per_outcome() {
         Some(0),
         "the pod's own user is kept"
     );
-    for (name, ids) in injected_users(&spec) {
+    let users = injected_users(&spec);
+    assert_eq!(users.len(), 2, "notifier-install and notifier");
+    for (name, ids) in users {
         assert_eq!(ids, (Some(65532), Some(65532), Some(true)), "{name}");
     }
     let out = tempfile::tempdir().unwrap();

@@ -151,10 +151,13 @@ impl Backups {
     /// the delay counts the kinds that are in (warned once a term): a delay that changes once
     /// the list arrives is better than no backup of this kind reconciled until it does.
     pub fn init_delay<K: Reconciled>(&self, r: &K) -> Option<Duration> {
+        // The clock before the flags: a list that arrives after this reading finds the grace
+        // over too, and so has this backup reconciled again (`controller::TermLists`).
+        let in_grace = self.started.elapsed() < LIST_GRACE;
         let volume = self.volume_listed.load(Ordering::Acquire);
         let s3 = self.s3_listed.load(Ordering::Acquire);
         if !(volume && s3) {
-            if self.started.elapsed() < LIST_GRACE {
+            if in_grace {
                 return None;
             }
             if !self.partial_warned.swap(true, Ordering::AcqRel) {

@@ -39,9 +39,9 @@ const JOB_SPEC: [&str; 3] = ["spec", "jobTemplate", "spec"];
 const POD_SPEC: [&str; 5] = ["spec", "jobTemplate", "spec", "template", "spec"];
 
 /// Everything [`mutate`] reads of a CronJob, and every path its patch touches: the labels, the
-/// annotations, the Job's `backoffLimit`, and the pod spec's lists, restart policy and grace
-/// period at [`POD_SPEC`]. `/mutate` decodes only this much of the object (the rest is skipped
-/// unparsed; see [`crate::json_view`]).
+/// annotations, the Job's `backoffLimit`, and the pod spec's lists, restart policy, grace
+/// period and `securityContext.runAsUser` at [`POD_SPEC`]. `/mutate` decodes only this much of
+/// the object (the rest is skipped unparsed; see [`crate::json_view`]).
 pub const CRON_JOB_VIEW: Keep = Keep::Members(&[
     (
         "metadata",
