@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::write_stall::WriteStall;
+
 /// A client that opens a connection and never completes the handshake must not hold it forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A new connection's first request must reach the handler within this (after the handshake):
@@ -34,6 +36,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The admin port's idle timeout: its clients (kubelet probes, Prometheus) either open a
 /// connection per request or retry at their next interval.
 const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a write to a client may make no progress. hyper has no write timeout of its own: a
+/// client that pipelines requests and never reads the answers would otherwise hold its
+/// connection, and hyper's buffers, for good. The apiserver reads each answer at once.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections beyond this wait in the listen backlog, so a flood of idle connections costs
 /// a bounded amount of memory (a TLS connection's buffers are tens of KiB).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -82,6 +88,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
+            let tcp = WriteStall::new(tcp, WRITE_STALL_TIMEOUT);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -177,6 +184,7 @@ pub async fn serve_plain(listener: TcpListener, router: Router) {
         let router = router.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let tcp = WriteStall::new(tcp, WRITE_STALL_TIMEOUT);
             serve_connection(tcp, router, peer, ADMIN_IDLE_TIMEOUT, None).await;
         });
     }

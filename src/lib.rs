@@ -2,7 +2,8 @@
 //!
 //! Two binaries share this library: `backup-operator` (admission server and controller) and
 //! `backup-notifier` (runs inside every backup Job pod). The notifier links only what it uses
-//! (`contract`, `url_policy`, `notifier`), so it stays small and free of any Kubernetes client.
+//! (`contract`, `url_policy`, `duration`, `errors`, `notifier`), so it stays small and free of
+//! any Kubernetes client.
 
 pub mod admin;
 pub mod admission;
@@ -11,6 +12,8 @@ pub mod certs;
 pub mod contract;
 pub mod controller;
 pub mod crd;
+pub mod duration;
+pub mod errors;
 pub mod https;
 pub mod inject;
 pub mod json_view;
@@ -23,3 +26,4 @@ pub mod serve;
 pub mod tls;
 pub mod url_policy;
 pub mod webhook_config;
+pub mod write_stall;

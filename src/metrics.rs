@@ -191,7 +191,7 @@ impl Metrics {
         let admission_decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "admission_decisions",
-            "Admission decisions by webhook, kind and decision (allowed, denied, patched)",
+            "Admission decisions by webhook, kind and decision (allowed, denied; for /mutate patched, unchanged)",
             admission_decisions.clone(),
         );
         let admission_denials = Family::<DenialLabels, Counter>::default();

@@ -17,7 +17,7 @@ use crate::controller::{self, ControllerArgs};
 use crate::inject::{InjectorArgs, InjectorConfig};
 use crate::metrics::Metrics;
 use crate::url_policy::{PolicyArgs, UrlPolicy};
-use crate::{https, tls};
+use crate::{duration, errors, https, tls};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
@@ -58,7 +58,7 @@ pub struct ServeArgs {
     pub certs: SelfManagedArgs,
     /// How often the certificate files are re-read in addition to file events (mounted Secrets
     /// change through a symlink swap that file events can miss).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = |s: &str| duration::within(s, Duration::from_secs(1), Duration::from_secs(3600)))]
     pub tls_reload_interval: Duration,
     /// Serve admission only: no controller, no connection to the cluster needed.
     #[arg(long)]
@@ -71,7 +71,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = admission::DEFAULT_BODY_BYTES_IN_FLIGHT)]
     pub max_request_bytes_in_flight: usize,
     /// On SIGTERM, how long in-flight requests may take to finish. A second signal exits at once.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = |s: &str| duration::within(s, Duration::ZERO, Duration::from_secs(3600)))]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -94,10 +94,10 @@ pub struct SelfManagedArgs {
     #[arg(long = "cert-ip", value_name = "IP")]
     pub cert_ips: Vec<std::net::IpAddr>,
     /// Lifetime of a generated CA; it is rotated when a third is left.
-    #[arg(long, default_value = "87600h", value_parser = parse_duration)]
+    #[arg(long, default_value = "87600h", value_parser = parse_validity)]
     pub ca_validity: Duration,
     /// Lifetime of a serving certificate; it is renewed when a third is left.
-    #[arg(long, default_value = "2160h", value_parser = parse_duration)]
+    #[arg(long, default_value = "2160h", value_parser = parse_validity)]
     pub cert_validity: Duration,
     /// Name of the Validating- and MutatingWebhookConfiguration that receive the CA bundle.
     #[arg(long, default_value = crate::webhook_config::NAME)]
@@ -105,14 +105,14 @@ pub struct SelfManagedArgs {
 }
 
 /// Go-style durations (`10s`, `1m30s`), as in every Kubernetes flag.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: kube::core::Duration = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 10s or 1m30s: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("{s:?} must not be negative"));
-    }
-    Ok(d.into())
+/// Longest validity `--ca-validity`, `--cert-validity` and `cert generate --valid-for` take: a
+/// century, far inside what an X.509 date can hold.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(876_000 * 3600);
+
+/// A certificate validity: at least a second (an expired-at-birth certificate would be reissued
+/// every check), at most [`MAX_VALIDITY`].
+pub fn parse_validity(s: &str) -> Result<Duration, String> {
+    crate::duration::within(s, Duration::from_secs(1), MAX_VALIDITY)
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -262,19 +262,40 @@ async fn signals(stop: watch::Sender<bool>, health: Arc<Health>) {
     std::process::exit(130);
 }
 
+/// How long the API client waits for the next bytes of a response. kube leaves it unbounded, so
+/// a connection that went half-open after a request was sent (a lost apiserver node, a reset
+/// load balancer) would hang that call for good; above the watcher's own idle limit (the 290 s
+/// server-side watch timeout plus 5 s), so a quiet watch is never cut by it.
+pub const API_READ_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A client for the cluster in the environment (in-cluster or KUBECONFIG), checked by one call
 /// with a deadline so an unreachable cluster fails fast with one line.
 pub async fn connect() -> Result<kube::Client> {
     let hint = "run with --no-controller to serve admission only";
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| anyhow!("cannot configure a Kubernetes client ({e}); {hint}"))?;
+    let mut config = kube::Config::infer().await.map_err(|e| {
+        anyhow!(
+            "cannot configure a Kubernetes client ({}); {hint}",
+            errors::chain(&e)
+        )
+    })?;
+    config.read_timeout = Some(API_READ_TIMEOUT);
+    // The timeout then counts from the request, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
+    let client = kube::Client::try_from(config).map_err(|e| {
+        anyhow!(
+            "cannot configure a Kubernetes client ({}); {hint}",
+            errors::chain(&e)
+        )
+    })?;
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(v)) => {
             tracing::info!(version = %v.git_version, "connected to the Kubernetes API");
             Ok(client)
         }
-        Ok(Err(e)) => Err(anyhow!("cannot reach the Kubernetes API ({e}); {hint}")),
+        Ok(Err(e)) => Err(anyhow!(
+            "cannot reach the Kubernetes API ({}); {hint}",
+            errors::chain(&e)
+        )),
         Err(_) => Err(anyhow!(
             "the Kubernetes API did not answer within 10s; {hint}"
         )),

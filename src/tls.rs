@@ -281,7 +281,7 @@ pub async fn watch_secret(
                 );
             }
             Err(e) => {
-                tracing::warn!(secret = %name, error = %e, "watching the certificate Secret failed; retrying")
+                tracing::warn!(secret = %name, error = %crate::errors::chain(&e), "watching the certificate Secret failed; retrying")
             }
         }
     }

@@ -589,6 +589,8 @@ fn serve_fails_fast_with_one_clear_line() {
         line.contains("cannot reach the Kubernetes API") && line.contains("--no-controller"),
         "{line}"
     );
+    // The cause itself, which kube keeps only in the error's sources.
+    assert!(line.contains("Connection refused"), "{line}");
 
     let (code, err) = run(&certs, &dir.path().join("missing"));
     assert_eq!(code, Some(1));
@@ -649,6 +651,36 @@ fn serve_fails_fast_with_one_clear_line() {
         err.contains("\"not a host\" is neither an IP address, a CIDR, a host name nor *.domain"),
         "{err}"
     );
+
+    // Durations: a value that would stop a timer, overflow a date or a sum is one line, not a
+    // panic (exit 101) or a background task that dies quietly.
+    for (flag, value, says) in [
+        (
+            "--tls-reload-interval",
+            "0s",
+            "out of range: at least 1s and at most 1h",
+        ),
+        ("--lease-duration", "1m-30s", "unknown unit \"m-\""),
+        (
+            "--ca-validity",
+            "100000000h",
+            "out of range: at least 1s and at most 876000h",
+        ),
+        ("--cert-validity", "0s", "out of range"),
+        ("--backup-deadline", "99999999999999999999h", "is too long"),
+        ("--shutdown-timeout", "-5s", "must not be negative"),
+        ("--notifier-timeout", "10", "without a unit"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let (code, err) = run(&["--no-controller".as_ref(), arg.as_ref()], &dead);
+        assert_eq!(code, Some(2), "{flag} {value}: {err}");
+        let line = err.lines().next().unwrap_or_default();
+        assert!(
+            line.contains(flag) && line.contains(says),
+            "{flag} {value}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{flag} {value}: {err}");
+    }
 }
 
 /// A body that trickles is cut off with 408 once the body deadline passes; a body announced
@@ -720,6 +752,53 @@ async fn a_trickling_body_gets_408_and_an_idle_keep_alive_connection_stays_open(
     );
     assert_eq!(
         idle.request("POST", "/validate", Some("application/json"), body)
+            .await
+            .0,
+        200
+    );
+}
+
+/// A client that pipelines requests and never reads the answers: once the server's writes to it
+/// have made no progress for 10 s the connection is closed (hyper has no write timeout of its
+/// own, so it would hold the connection and its buffers for good), and others are still served.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = dev_certs(dir.path());
+    let op = Operator::start(&cert, &key, &["--no-controller"]);
+    let tls = tls_client(&ca.cert);
+    // A small receive buffer on this side, so the answers back up into the server soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(op.https).await.unwrap();
+    let mut greedy = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(
+            rustls_pki_types::ServerName::IpAddress(op.https.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let requests = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(256);
+    let started = Instant::now();
+    // Bounded only against a hang: the server must close the connection by itself.
+    let error = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            if let Err(e) = greedy.write_all(requests.as_bytes()).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a client that never reads was still connected after 120 s");
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "closed before the stall timeout: {error}"
+    );
+    let body = allowed_review();
+    let mut other = used_connection(&op, tls, &body).await;
+    assert_eq!(
+        other
+            .request("POST", "/validate", Some("application/json"), body)
             .await
             .0,
         200

@@ -82,7 +82,7 @@ struct GenerateArgs {
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
     /// Validity of both certificates.
-    #[arg(long, default_value = "8760h", value_parser = serve::parse_duration)]
+    #[arg(long, default_value = "8760h", value_parser = serve::parse_validity)]
     valid_for: std::time::Duration,
 }
 

@@ -145,7 +145,9 @@ pub async fn run(
                     let _ = leading.send(false);
                 }
             }
-            Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "lease update failed"),
+            Err(e) => {
+                tracing::warn!(lease = %cfg.name, error = %crate::errors::chain(&e), "lease update failed")
+            }
         }
         if renewed.is_some_and(|at| at.elapsed() >= cfg.renew_deadline) {
             tracing::warn!(lease = %cfg.name, "could not renew within the deadline; stepping down");

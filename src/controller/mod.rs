@@ -58,10 +58,10 @@ pub struct ControllerArgs {
 /// The Lease records whole seconds (`leaseDurationSeconds`), and the other replicas go by the
 /// record, so a duration it cannot hold exactly would make them take over early.
 fn parse_lease_duration(s: &str) -> Result<Duration, String> {
-    let d = crate::serve::parse_duration(s)?;
-    if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+    let d = crate::duration::within(s, Duration::from_secs(1), Duration::from_secs(24 * 3600))?;
+    if d.subsec_nanos() != 0 {
         return Err(format!(
-            "{s:?} must be whole seconds, at least 1s (the Lease records seconds)"
+            "{s:?} must be whole seconds (the Lease records seconds)"
         ));
     }
     Ok(d)
@@ -313,13 +313,13 @@ async fn run_controller<K: Reconciled>(
         ) {
             (StreamError::Watch, Some(held_back)) => tracing::warn!(
                 kind,
-                error = %e,
+                error = %crate::errors::chain(&e),
                 held_back,
                 "a watch of the controller failed (retrying with backoff); until it recovers, changes go unnoticed"
             ),
             (StreamError::Runner, Some(held_back)) => tracing::warn!(
                 kind,
-                error = %e,
+                error = %crate::errors::chain(&e),
                 held_back,
                 "the controller's cache never filled: nothing of this kind is reconciled this term"
             ),
@@ -376,6 +376,11 @@ impl Throttle {
     }
 }
 
+/// Longest one round of certificate management may take: a few reads and writes, each answered
+/// in milliseconds. A call stuck on a half-open connection must not hold up a renewal until the
+/// serving certificate has expired.
+const ROTATION_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The leader's certificate duties (self-managed mode), until `done`.
 async fn rotate_certificates(
     client: kube::Client,
@@ -387,7 +392,9 @@ async fn rotate_certificates(
     loop {
         // Abandoned with the term, like a reconcile: the next leader redoes it.
         let outcome = tokio::select! {
-            outcome = crate::cert_rotation::reconcile(&client, &cfg) => outcome,
+            outcome = tokio::time::timeout(ROTATION_DEADLINE, crate::cert_rotation::reconcile(&client, &cfg)) => {
+                outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("not finished within {}s (the Kubernetes API is slow or unreachable)", ROTATION_DEADLINE.as_secs())))
+            }
             _ = &mut done => return,
         };
         let next = match outcome {

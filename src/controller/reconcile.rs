@@ -212,7 +212,7 @@ pub fn slim_job(job: &mut Job) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", crate::errors::chain(.source))]
     Kube {
         action: String,
         #[source]
@@ -220,7 +220,15 @@ pub enum Error {
     },
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("not finished within {}s (the Kubernetes API is slow or unreachable)", RECONCILE_DEADLINE.as_secs())]
+    Deadline,
 }
+
+/// Longest a reconcile may take: a handful of API calls that each answer in milliseconds. The
+/// client's read timeout (`serve::API_READ_TIMEOUT`) is minutes, and kube-runtime never runs an
+/// object again while its reconcile is in flight, so without this bound one stuck call would
+/// freeze that backup for the rest of the term.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Error {
     /// The error for a condition message: the apiserver's own message rather than the Debug
@@ -426,7 +434,9 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
             tracing::info!(kind, namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), "leadership ended: reconcile abandoned (the next leader reconciles again)");
             return Ok(Action::await_change());
         }
-        result = reconcile_inner(obj.as_ref(), &ctx) => result,
+        result = tokio::time::timeout(RECONCILE_DEADLINE, reconcile_inner(obj.as_ref(), &ctx)) => {
+            result.unwrap_or(Err(Error::Deadline))
+        }
     };
     count(if result.is_ok() { "ok" } else { "error" });
     tracing::debug!(kind, name = %obj.name_any(), took = ?started.elapsed(), "reconciled");
@@ -733,7 +743,7 @@ async fn publish<K: Reconciled>(ctx: &Context, obj: &K, events: Vec<(EventType, 
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %e, "could not publish an event");
+            tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %crate::errors::chain(&e), "could not publish an event");
         }
     }
 }
@@ -824,7 +834,7 @@ async fn report_failure<K: Reconciled>(
             }
         }
         Err(e) => {
-            tracing::warn!(kind = K::KIND.as_str(), namespace = %key.0, name = %key.1, error = %e, "could not report the failed reconcile in the status");
+            tracing::warn!(kind = K::KIND.as_str(), namespace = %key.0, name = %key.1, error = %crate::errors::chain(&e), "could not report the failed reconcile in the status");
         }
     }
     error
@@ -1003,14 +1013,26 @@ mod tests {
 
     /// A Context whose client answers nothing and counts what was asked.
     fn offline_context(backups: Backups) -> (Context, Arc<std::sync::atomic::AtomicUsize>) {
+        context_with_api(backups, false)
+    }
+
+    /// A context whose API calls are counted and fail at once, or with `hang` never answer (a
+    /// half-open connection).
+    fn context_with_api(
+        backups: Backups,
+        hang: bool,
+    ) -> (Context, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = requests.clone();
         let service = tower::service_fn(move |_: hyper::Request<kube::client::Body>| {
             counted.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Err::<hyper::Response<kube::client::Body>, _>(
-                std::io::Error::other("offline"),
-            ))
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Err::<hyper::Response<kube::client::Body>, _>(std::io::Error::other("offline"))
+            }
         });
         let client = kube::Client::new(service, "default");
         let (_, _, injector) = stored_and_desired(false);
@@ -1082,6 +1104,33 @@ mod tests {
             "{err}"
         );
         assert!(requests.load(Ordering::SeqCst) > 0);
+    }
+
+    /// An API call that never answers fails the reconcile at the deadline (so kube-runtime
+    /// retries it) instead of holding the backup for the rest of the term.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_whose_api_call_never_answers_fails_at_the_deadline() {
+        use std::sync::atomic::Ordering;
+        let (backups, mut volume_writer, mut s3_writer) = unlisted_backups();
+        let (ctx, requests) = context_with_api(backups, true);
+        let vb = volume_backup("nightly", "/repo", 1_000);
+        list(&mut volume_writer, vec![vb.clone()]);
+        list(&mut s3_writer, Vec::new());
+        ctx.backups.volume_listed.store(true, Ordering::Release);
+        ctx.backups.s3_listed.store(true, Ordering::Release);
+        let started = tokio::time::Instant::now();
+        let err = reconcile(Arc::new(vb), Arc::new(ctx)).await.unwrap_err();
+        assert!(matches!(err, Error::Deadline), "{err}");
+        assert!(started.elapsed() >= RECONCILE_DEADLINE);
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            1,
+            "stuck on the first call"
+        );
+        assert_eq!(
+            err.to_string(),
+            "not finished within 60s (the Kubernetes API is slow or unreachable)"
+        );
     }
 
     #[test]

@@ -208,15 +208,11 @@ fn parse_config_map_key(s: &str) -> Result<String, String> {
 /// `--notifier-timeout`: refused at start-up when the notifier would refuse it in every backup
 /// pod (it takes more than 0 and at most `MAX_TIMEOUT`, in whole milliseconds).
 fn parse_notifier_timeout(s: &str) -> Result<Duration, String> {
-    let d = crate::serve::parse_duration(s)?;
-    let max = crate::notifier::cli::MAX_TIMEOUT;
-    if d < Duration::from_millis(1) || d > max {
-        return Err(format!(
-            "{s:?} is out of range: at least 1ms and at most {}s, as backup-notifier accepts",
-            max.as_secs()
-        ));
-    }
-    Ok(d)
+    crate::duration::within(
+        s,
+        Duration::from_millis(1),
+        crate::notifier::cli::MAX_TIMEOUT,
+    )
 }
 
 /// Everything an injection needs, fixed at start-up.

@@ -189,7 +189,7 @@ impl Client {
                 Reason::Timeout,
                 format!(
                     "no response within {} (timed out {})",
-                    fmt_duration(self.timeout),
+                    crate::duration::show(self.timeout),
                     stage.doing()
                 ),
             ),
@@ -291,7 +291,10 @@ async fn connect_first(
         match tokio::time::timeout(share, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => return Ok((s, addr)),
             Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-            Err(_) => errors.push(format!("{addr}: no answer within {}", fmt_duration(share))),
+            Err(_) => errors.push(format!(
+                "{addr}: no answer within {}",
+                crate::duration::show(share)
+            )),
         }
     }
     Err((
@@ -347,7 +350,10 @@ where
     let http = |e: hyper::Error| {
         (
             Reason::Http,
-            format!("HTTP exchange with {peer} failed: {}", error_chain(&e)),
+            format!(
+                "HTTP exchange with {peer} failed: {}",
+                crate::errors::chain(&e)
+            ),
         )
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
@@ -376,32 +382,6 @@ fn status_detail(status: StatusCode, peer: SocketAddr) -> String {
         format!("{peer} answered HTTP {code} {reason}; redirects are not followed")
     } else {
         format!("{peer} answered HTTP {code} {reason}")
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
-}
-
-/// `10s`, `1.5s`, `250ms`: how timeouts are written on the command line.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else if ms >= 1000 {
-        format!("{}s", d.as_secs_f64())
-    } else {
-        format!("{ms}ms")
     }
 }
 
@@ -476,13 +456,6 @@ mod tests {
             detail.contains(&format!("{silent}: no answer within")),
             "{detail}"
         );
-    }
-
-    #[test]
-    fn durations_print_as_they_are_written() {
-        assert_eq!(fmt_duration(Duration::from_secs(10)), "10s");
-        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(fmt_duration(Duration::from_millis(250)), "250ms");
     }
 
     #[test]
