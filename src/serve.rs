@@ -204,14 +204,31 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(signals(stop_tx, health.clone()));
     let controller = client.filter(|_| !args.no_controller).map(|client| {
-        tokio::spawn(controller::run(
+        let run = tokio::spawn(controller::run(
             client,
             args.controller.clone(),
             injector,
             rotation,
             metrics.clone(),
             stop_rx.clone(),
-        ))
+        ));
+        let stopping = stop_rx.clone();
+        tokio::spawn(async move {
+            let ended = run.await;
+            // The controller runs until the stop signal. Ending before it (a panic: a bug) would
+            // leave a replica that serves admission and looks healthy but never leads again, nor
+            // renews certificates; exiting lets the kubelet restart it, visibly.
+            if !*stopping.borrow() {
+                let how = match ended {
+                    Err(e) if e.is_panic() => "panicked",
+                    _ => "ended",
+                };
+                tracing::error!(
+                    "the controller {how} before shutdown; exiting so the pod restarts"
+                );
+                std::process::exit(70);
+            }
+        })
     });
 
     let admin_router = admin::router(health.clone());

@@ -159,10 +159,11 @@ async fn read_body(
     body: Body,
 ) -> Result<HeldBody, BadRequest> {
     let limit = state.max_request_bytes;
+    // Lossy rather than `to_str`, so a header with non-ASCII bytes is shown, not reported as "".
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .unwrap_or_default();
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(BadRequest(
