@@ -57,7 +57,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub certs: SelfManagedArgs,
     /// How often the certificate files are re-read in addition to file events (mounted Secrets
-    /// change through a symlink swap that file events can miss).
+    /// change through a symlink swap that file events can miss). 1s to 1h.
     #[arg(long, default_value = "10s", value_parser = |s: &str| duration::within(s, Duration::from_secs(1), Duration::from_secs(3600)))]
     pub tls_reload_interval: Duration,
     /// Serve admission only: no controller, no connection to the cluster needed.
@@ -70,7 +70,8 @@ pub struct ServeArgs {
     /// --max-request-bytes); a body that would go beyond it gets 503.
     #[arg(long, default_value_t = admission::DEFAULT_BODY_BYTES_IN_FLIGHT)]
     pub max_request_bytes_in_flight: usize,
-    /// On SIGTERM, how long in-flight requests may take to finish. A second signal exits at once.
+    /// On SIGTERM, how long in-flight requests may take to finish (0 to 1h). A second signal exits
+    /// at once.
     #[arg(long, default_value = "30s", value_parser = |s: &str| duration::within(s, Duration::ZERO, Duration::from_secs(3600)))]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
@@ -93,10 +94,10 @@ pub struct SelfManagedArgs {
     /// IP address for the serving certificate (for webhooks registered by URL). Repeatable.
     #[arg(long = "cert-ip", value_name = "IP")]
     pub cert_ips: Vec<std::net::IpAddr>,
-    /// Lifetime of a generated CA; it is rotated when a third is left.
+    /// Lifetime of a generated CA; it is rotated when a third is left. 1s to 876000h.
     #[arg(long, default_value = "87600h", value_parser = parse_validity)]
     pub ca_validity: Duration,
-    /// Lifetime of a serving certificate; it is renewed when a third is left.
+    /// Lifetime of a serving certificate; it is renewed when a third is left. 1s to 876000h.
     #[arg(long, default_value = "2160h", value_parser = parse_validity)]
     pub cert_validity: Duration,
     /// Name of the Validating- and MutatingWebhookConfiguration that receive the CA bundle.

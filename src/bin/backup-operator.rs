@@ -81,7 +81,7 @@ struct GenerateArgs {
     /// Namespace of --service.
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
-    /// Validity of both certificates.
+    /// Validity of both certificates, 1s to 876000h.
     #[arg(long, default_value = "8760h", value_parser = serve::parse_validity)]
     valid_for: std::time::Duration,
 }

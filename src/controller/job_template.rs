@@ -114,7 +114,8 @@ pub struct JobArgs {
     /// failed (a failure notification, lastFailedTime, a BackupFailed event). Without a bound, a
     /// Job whose pod never starts (an RWO volume attached elsewhere, an image that cannot be
     /// pulled) stays active forever, and concurrencyPolicy Forbid then skips every later run
-    /// without a word. Raise it for first backups of very large volumes; 0 means no limit.
+    /// without a word. Raise it for first backups of very large volumes (at most 8760h); 0 means
+    /// no limit.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = |s: &str| crate::duration::within(s, Duration::ZERO, Duration::from_secs(8760 * 3600)))]
     pub backup_deadline: Duration,
 }

@@ -47,7 +47,8 @@ pub struct ControllerArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "backup-operator-leader")]
     pub lease_name: String,
-    /// How long a Lease stays valid without renewal; a new leader takes over after this.
+    /// How long a Lease stays valid without renewal; a new leader takes over after this. Whole
+    /// seconds, 1s to 24h.
     #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
     /// This replica's identity in the Lease (default: the pod name, else host name and PID).
@@ -135,7 +136,12 @@ pub async fn run(
     let mut stop_wait = stop.clone();
     loop {
         tokio::select! {
-            _ = leading.wait_for(|l| *l) => {}
+            led = leading.wait_for(|l| *l) => if led.is_err() {
+                // The election task is gone (only a bug ends it): without it no term would ever
+                // end cleanly again, so stop, and let `serve` restart the process.
+                tracing::error!("leader election ended unexpectedly; stopping the controller");
+                break;
+            },
             _ = stop_wait.wait_for(|s| *s) => break,
         }
         metrics.leader.set(1);
