@@ -41,20 +41,18 @@ fn parse_parts(s: &str, bare_seconds: bool) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
-        // `f64`'s parser would also take `1e3`, `inf` and `.`: only digits with one optional
-        // point, and at least one digit, get this far.
+        // Only digits with one optional point, and at least one digit, get past this.
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(hint());
         }
-        let value: f64 = number.parse().map_err(|_| hint())?;
-        let seconds_per_unit = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" if bare_seconds && number.len() == s.len() => 1.0,
+        let nanos_per_unit: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" if bare_seconds && number.len() == s.len() => 1_000_000_000,
             "" => {
                 return Err(format!(
                     "{s:?} has a number without a unit (ns, us, ms, s, m, h)"
@@ -66,14 +64,35 @@ fn parse_parts(s: &str, bare_seconds: bool) -> Result<Duration, String> {
                 ));
             }
         };
-        let part = Duration::try_from_secs_f64(value * seconds_per_unit)
-            .map_err(|_| format!("{s:?} is too long"))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("{s:?} is too long"))?;
+        let too_long = || format!("{s:?} is too long");
+        let part = part_nanos(number, nanos_per_unit).ok_or_else(too_long)?;
+        let part = u64::try_from(part / 1_000_000_000)
+            .ok()
+            .map(|secs| Duration::new(secs, (part % 1_000_000_000) as u32))
+            .ok_or_else(too_long)?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
         rest = tail;
     }
     Ok(total)
+}
+
+/// `<whole>.<fraction>` units in nanoseconds, in integers so that no digit is lost to a float;
+/// a fraction finer than a nanosecond is truncated, as Go's `time.ParseDuration` does.
+fn part_nanos(number: &str, nanos_per_unit: u128) -> Option<u128> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let whole = match whole {
+        "" => 0,
+        digits => digits.parse::<u128>().ok()?.checked_mul(nanos_per_unit)?,
+    };
+    // Digits past the 24th are worth less than 10⁻¹¹ ns in the largest unit; dropping them
+    // keeps `fraction * nanos_per_unit` inside a u128.
+    let fraction = &fraction[..fraction.len().min(24)];
+    let scale = 10u128.pow(u32::try_from(fraction.len()).ok()?);
+    let fraction = match fraction {
+        "" => 0,
+        digits => digits.parse::<u128>().ok()? * nanos_per_unit / scale,
+    };
+    whole.checked_add(fraction)
 }
 
 /// [`parse`], then `min..=max`, with the range in the error.
@@ -89,8 +108,12 @@ pub fn within(s: &str, min: Duration, max: Duration) -> Result<Duration, String>
     Ok(d)
 }
 
-/// `36h`, `5m`, `10s`, `1.5s`, `250ms`: a duration as the command line takes it back.
+/// `36h`, `5m`, `10s`, `1.5s`, `250ms`, `1.5ms`: a duration as the command line takes it back.
 pub fn show(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        // Debug writes `1.5ms`, `250µs`, `7ns`, `1.000000001s`: Go notation too.
+        return format!("{d:?}");
+    }
     let ms = d.as_millis();
     let secs = d.as_secs();
     if d.subsec_nanos() == 0 && secs >= 3600 && secs.is_multiple_of(3600) {
@@ -126,6 +149,15 @@ mod tests {
             ("5µs", Duration::from_micros(5)),
             ("7ns", Duration::from_nanos(7)),
             (".5s", Duration::from_millis(500)),
+            ("1.5ns", Duration::from_nanos(1)),
+            ("0.1h", Duration::from_secs(360)),
+            (
+                "87600.000000000001h",
+                Duration::from_secs(87600 * 3600) + Duration::from_nanos(3),
+            ),
+            ("1.000000001s", Duration::new(1, 1)),
+            ("1.0000000019s", Duration::new(1, 1)),
+            ("2.000000000000000000000000000009s", Duration::from_secs(2)),
         ] {
             assert_eq!(parse(s), Ok(want), "{s}");
         }
@@ -145,6 +177,7 @@ mod tests {
             (".s", "is not a duration"),
             ("1..5s", "is not a duration"),
             ("99999999999999999999h", "is too long"),
+            ("1234567890123456789012345678901234567890s", "is too long"),
             ("5000000000000000h5000000000000000h", "is too long"),
             ("10s ", "unknown unit \"s \""),
         ] {
@@ -185,6 +218,9 @@ mod tests {
             (Duration::from_secs(300), "5m"),
             (Duration::from_secs(90), "90s"),
             (Duration::from_secs(876_000 * 3600), "876000h"),
+            (Duration::from_micros(1500), "1.5ms"),
+            (Duration::from_micros(250), "250µs"),
+            (Duration::new(1, 1), "1.000000001s"),
         ] {
             assert_eq!(show(d), want);
             assert_eq!(parse(&show(d)), Ok(d), "{want} reads back");
