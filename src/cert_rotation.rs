@@ -720,6 +720,22 @@ mod tests {
     }
 
     #[test]
+    fn cert_a_phase_of_another_version_is_adopted_so_a_rollback_keeps_trust() {
+        let (phase, data) = introduce(&cfg(), "", None).unwrap();
+        let mut ours = secret(Some(phase), data);
+        assert!(parse(&ours).is_ok());
+        ours.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(PHASE.into(), "a-phase-of-a-newer-version".into());
+        let why = parse(&ours).unwrap_err();
+        assert!(
+            why.contains("unknown backups.k8s.bnerd.com/ca-phase \"a-phase-of-a-newer-version\""),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn cert_re_created_secret_serves_nothing_new_before_the_new_ca_is_trusted() {
         let (phase, data) = introduce(&cfg(), "", None).unwrap();
         assert_eq!(phase, Phase::Stable, "nothing trusted: straight to stable");
