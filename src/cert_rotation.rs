@@ -129,10 +129,29 @@ fn now_ms() -> i64 {
     k8s_openapi::jiff::Timestamp::now().as_millisecond()
 }
 
-/// Renew when less than a third of the lifetime is left.
+/// Renew when less than a third of the lifetime is left. In milliseconds: in whole seconds a
+/// short lifetime (the tests' 6 s) would only come due in its last second, one check interval.
 fn due(pem: &str) -> Result<bool> {
     let (from, to) = certs::validity_pem(pem)?;
-    Ok(to - now() < (to - from) / 3)
+    let left_ms = to.saturating_mul(1000).saturating_sub(now_ms());
+    Ok(left_ms < to.saturating_sub(from).saturating_mul(1000) / 3)
+}
+
+/// `serving`, or a new one from `signing` when it is due: a rotation step that keeps the
+/// serving certificate must not also keep it past its renewal (the step may be followed by
+/// retries of the bundle write, long enough for a short-lived certificate to expire).
+fn renewed_if_due(
+    cfg: &RotationConfig,
+    signing: &PemPair,
+    serving: Option<&PemPair>,
+) -> Result<Option<PemPair>> {
+    match serving {
+        Some(current) if due(&current.cert)? => {
+            tracing::info!("renewing the serving certificate");
+            Ok(Some(cfg.issue(signing)?))
+        }
+        other => Ok(other.cloned()),
+    }
 }
 
 /// The contents of one of our Secrets, in a phase whose keys are all there.
@@ -281,9 +300,10 @@ fn decide(
             let new_ca = certs::generate_ca("backup-operator-ca", cfg.ca_validity)?;
             tracing::info!("CA rotation 1/3: trusting the new CA beside the old one");
             let bundle = certs::pem_bundle([s.bundle.as_bytes(), new_ca.cert.as_bytes()]);
+            let serving = renewed_if_due(cfg, signing, s.serving.as_ref())?;
             return Ok(Some((
                 Phase::BundleExtended,
-                data(&bundle, Some(signing), s.serving.as_ref(), Some(&new_ca)),
+                data(&bundle, Some(signing), serving.as_ref(), Some(&new_ca)),
             )));
         }
         (Phase::BundleExtended, _, Some(new_ca)) if held => {
@@ -296,9 +316,10 @@ fn decide(
         (Phase::SigningSwitched, Some(signing), _) if held => {
             tracing::info!("CA rotation 3/3: the old CA leaves the bundle");
             let bundle = certs::pem_bundle([signing.cert.as_bytes()]);
+            let serving = renewed_if_due(cfg, signing, s.serving.as_ref())?;
             return Ok(Some((
                 Phase::Stable,
-                data(&bundle, Some(signing), s.serving.as_ref(), None),
+                data(&bundle, Some(signing), serving.as_ref(), None),
             )));
         }
         _ => {}
@@ -789,6 +810,44 @@ mod tests {
         assert!(trusts(&key(&d, "ca.crt"), &key(&d, "tls.crt")));
         let stable = stored(phase, d);
         assert!(decide(&c, &stable, true).unwrap().is_none());
+    }
+
+    /// A CA rotation that starts when the serving certificate is due too renews it in the same
+    /// write: the bundle write that follows may be retried for longer than a short-lived
+    /// certificate has left (seen in CI with 6 s certificates and a forbidden bundle write).
+    #[test]
+    fn cert_a_rotation_step_renews_a_serving_certificate_that_is_due() {
+        let c = RotationConfig {
+            ca_validity: Duration::from_secs(3),
+            cert_validity: Duration::from_secs(2),
+            ..cfg()
+        };
+        let ca = certs::generate_ca("old", c.ca_validity).unwrap();
+        let serving = c.issue(&ca).unwrap();
+        let stable = stored(
+            Phase::Stable,
+            data(
+                &certs::pem_bundle([ca.cert.as_bytes()]),
+                Some(&ca),
+                Some(&serving),
+                None,
+            ),
+        );
+        // Certificates count whole seconds: after 2.3 s both are due whatever the fraction.
+        std::thread::sleep(Duration::from_millis(2300));
+        let (phase, d) = decide(&c, &stable, false).unwrap().unwrap();
+        assert_eq!(phase, Phase::BundleExtended);
+        assert_ne!(
+            key(&d, "tls.crt"),
+            serving.cert,
+            "the serving certificate is renewed"
+        );
+        assert_eq!(
+            certs::signed_by(key(&d, "tls.crt").as_bytes(), ca.cert.as_bytes()),
+            Some(true),
+            "by the CA that signs until the switch"
+        );
+        assert_eq!(key(&d, "signing-ca.crt"), ca.cert);
     }
 
     /// Our CA, another one, a serving certificate of ours and the bundle of our CA.
