@@ -137,21 +137,34 @@ fn due(pem: &str) -> Result<bool> {
     Ok(left_ms < to.saturating_sub(from).saturating_mul(1000) / 3)
 }
 
-/// `serving`, or a new one from `signing` when it is due: a rotation step that keeps the
-/// serving certificate must not also keep it past its renewal (the step may be followed by
-/// retries of the bundle write, long enough for a short-lived certificate to expire).
-fn renewed_if_due(
+/// A new serving certificate from `signing` when `serving` is due or does not fit (see
+/// [`serving_fault`]); `None` when it is good as it is. The signing CA is in the bundle in every
+/// phase, so what it issues is always trusted.
+fn reissued(cfg: &RotationConfig, signing: &PemPair, serving: &PemPair) -> Result<Option<PemPair>> {
+    if due(&serving.cert)? {
+        tracing::info!("renewing the serving certificate");
+    } else if let Some(fault) = serving_fault(cfg, signing, serving) {
+        tracing::warn!(reason = %fault, "reissuing the serving certificate");
+    } else {
+        return Ok(None);
+    }
+    cfg.issue(signing).map(Some)
+}
+
+/// The serving certificate a rotation step writes: the current one, unless it needs
+/// [`reissued`] now. A step must not carry a certificate past its renewal: the bundle write that
+/// follows may be retried for longer than a short-lived certificate has left.
+fn kept_or_reissued(
     cfg: &RotationConfig,
     signing: &PemPair,
     serving: Option<&PemPair>,
 ) -> Result<Option<PemPair>> {
-    match serving {
-        Some(current) if due(&current.cert)? => {
-            tracing::info!("renewing the serving certificate");
-            Ok(Some(cfg.issue(signing)?))
-        }
-        other => Ok(other.cloned()),
-    }
+    let Some(current) = serving else {
+        return Ok(None);
+    };
+    Ok(Some(
+        reissued(cfg, signing, current)?.unwrap_or_else(|| current.clone()),
+    ))
 }
 
 /// The contents of one of our Secrets, in a phase whose keys are all there.
@@ -300,7 +313,7 @@ fn decide(
             let new_ca = certs::generate_ca("backup-operator-ca", cfg.ca_validity)?;
             tracing::info!("CA rotation 1/3: trusting the new CA beside the old one");
             let bundle = certs::pem_bundle([s.bundle.as_bytes(), new_ca.cert.as_bytes()]);
-            let serving = renewed_if_due(cfg, signing, s.serving.as_ref())?;
+            let serving = kept_or_reissued(cfg, signing, s.serving.as_ref())?;
             return Ok(Some((
                 Phase::BundleExtended,
                 data(&bundle, Some(signing), serving.as_ref(), Some(&new_ca)),
@@ -316,7 +329,7 @@ fn decide(
         (Phase::SigningSwitched, Some(signing), _) if held => {
             tracing::info!("CA rotation 3/3: the old CA leaves the bundle");
             let bundle = certs::pem_bundle([signing.cert.as_bytes()]);
-            let serving = renewed_if_due(cfg, signing, s.serving.as_ref())?;
+            let serving = kept_or_reissued(cfg, signing, s.serving.as_ref())?;
             return Ok(Some((
                 Phase::Stable,
                 data(&bundle, Some(signing), serving.as_ref(), None),
@@ -324,24 +337,11 @@ fn decide(
         }
         _ => {}
     }
-    // The signing CA is in the bundle in every phase, so its certificates are always trusted.
-    if let (Some(signing), Some(serving)) = (&s.signing, &s.serving) {
-        if due(&serving.cert)? {
-            tracing::info!("renewing the serving certificate");
-        } else if let Some(fault) = serving_fault(cfg, signing, serving) {
-            tracing::warn!(reason = %fault, "reissuing the serving certificate");
-        } else {
-            return Ok(None);
-        }
-        return Ok(Some((
-            s.phase,
-            data(
-                &s.bundle,
-                Some(signing),
-                Some(&cfg.issue(signing)?),
-                s.next.as_ref(),
-            ),
-        )));
+    if let (Some(signing), Some(serving)) = (&s.signing, &s.serving)
+        && let Some(new) = reissued(cfg, signing, serving)?
+    {
+        let data = data(&s.bundle, Some(signing), Some(&new), s.next.as_ref());
+        return Ok(Some((s.phase, data)));
     }
     Ok(None)
 }
