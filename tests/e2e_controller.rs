@@ -318,14 +318,15 @@ async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
 }
 
 /// The operator's own namespace is excluded from its webhooks (so that it can always repair
-/// itself): a backup there runs without a notifier, and its status says why instead of blaming
-/// a webhook outage.
+/// itself): no webhook injects the notifier there, so the controller writes it itself, and the
+/// status says that admission did not check the URLs.
 #[tokio::test]
-async fn a_backup_in_a_namespace_the_webhooks_exclude_says_so() {
+async fn a_backup_in_a_namespace_the_webhooks_exclude_gets_the_notifier_from_the_controller() {
     let cp = cluster(Mode::Full, &[]).cp;
     let client = cp.client().await;
     let ns = "backup-operator-system";
     let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
     apply(
         cp,
         &manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false)
@@ -333,15 +334,19 @@ async fn a_backup_in_a_namespace_the_webhooks_exclude_says_so() {
             // Its own repository: a shared one would give other tests' backups an init delay.
             .replace("s3.example.com/restic", "s3.example.com/excluded"),
     );
-    let vb = wait_for("NotifierInjected=False NamespaceExcluded", WAIT, || async {
-        let vb = vbs.get("excluded-backup").await?;
-        let injected = condition(&vb, "NotifierInjected");
-        anyhow::ensure!(
-            injected == Some(("False".into(), "NamespaceExcluded".into())),
-            "NotifierInjected is {injected:?}"
-        );
-        Ok(vb)
-    })
+    let vb = wait_for(
+        "NotifierInjected=True InjectedByController",
+        WAIT,
+        || async {
+            let vb = vbs.get("excluded-backup").await?;
+            let injected = condition(&vb, "NotifierInjected");
+            anyhow::ensure!(
+                injected == Some(("True".into(), "InjectedByController".into())),
+                "NotifierInjected is {injected:?}"
+            );
+            Ok(vb)
+        },
+    )
     .await
     .unwrap();
     let message = &vb
@@ -356,10 +361,15 @@ async fn a_backup_in_a_namespace_the_webhooks_exclude_says_so() {
     assert!(
         message.contains(
             "namespace backup-operator-system is excluded from the operator's admission webhooks"
-        ),
+        ) && message.contains("checked only by the notifier when it sends"),
         "{message}"
     );
-    wait_for_event(&client, ns, "NamespaceExcluded", Some("Warning"), WAIT).await;
+    let cj = cjs.get("excluded-backup-backup").await.unwrap();
+    backup_operator::inject::inspect(&serde_json::to_value(&cj).unwrap()).unwrap();
+    assert_eq!(
+        notifier_env(&cj, "NOTIFY_SUCCESS_URL").as_deref(),
+        Some("https://hooks.example.com/ok")
+    );
     vbs.delete("excluded-backup", &DeleteParams::default())
         .await
         .unwrap();

@@ -44,7 +44,7 @@ pub struct Context {
     pub secrets_unreadable: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The end of the leadership term this context belongs to.
     pub term_end: super::TermEnd,
-    /// Namespaces the admission webhooks never see, so backups there never get the notifier.
+    /// Namespaces the admission webhooks never see, where the controller injects the notifier.
     pub excluded_namespaces: Vec<String>,
     /// When this term last wrote a failure status for a backup (namespace, name), to bound how
     /// often a failure whose message keeps changing is written (see [`failure_write_due`]).
@@ -319,9 +319,7 @@ impl Reconciled for S3Backup {
 /// backup command of a CronJob that was right, and a backup run then would report failure for
 /// nothing. The template hash catches what `desired` dropped (a removed time zone or URL), which
 /// the containment check, tolerant of the apiserver's defaults, cannot see.
-/// `injector` is `None` where no webhook acts (an excluded namespace): there the stored CronJob
-/// is what was applied, uninjected.
-fn already_applied(stored: &CronJob, desired: &CronJob, injector: Option<&InjectorConfig>) -> bool {
+fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfig) -> bool {
     let hash = |cj: &CronJob| cj.annotations().get(labels::TEMPLATE_HASH).cloned();
     if hash(desired).is_none() || hash(stored) != hash(desired) {
         return false;
@@ -330,11 +328,26 @@ fn already_applied(stored: &CronJob, desired: &CronJob, injector: Option<&Inject
     else {
         return false;
     };
-    let expected = match injector {
-        Some(injector) => inject::mutate(desired, injector).object,
-        None => Some(desired),
-    };
-    expected.is_some_and(|expected| inject::patch::contains(&stored, &expected))
+    inject::mutate(desired, injector)
+        .object
+        .is_some_and(|expected| inject::patch::contains(&stored, &expected))
+}
+
+/// What the controller applies for `desired`. Where the admission webhooks never look (an
+/// excluded namespace), no mutating webhook will inject the notifier, so the controller writes
+/// the CronJob the webhook would have made: the same injector, the same configuration, and so
+/// the same object a later webhook call would leave unchanged.
+fn to_apply(
+    desired: &CronJob,
+    injector: Option<&InjectorConfig>,
+) -> serde_json::Result<serde_json::Value> {
+    let plain = serde_json::to_value(desired)?;
+    Ok(match injector {
+        Some(injector) => inject::mutate(plain.clone(), injector)
+            .object
+            .unwrap_or(plain),
+        None => plain,
+    })
 }
 
 /// What the dependency checks found.
@@ -497,25 +510,29 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         ));
         None
     } else {
-        let injector = Some(&ctx.injector).filter(|_| !excluded);
-        let current = existing.filter(|cj| already_applied(cj, &desired, injector));
+        let current = existing.filter(|cj| already_applied(cj, &desired, &ctx.injector));
         let applied = current.is_none();
         let stored = match current {
             Some(cj) => cj,
-            None => match cron_jobs
-                .patch(
-                    &cj_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&desired),
-                )
-                .await
-            {
-                Ok(cj) => cj,
-                Err(e) => {
-                    let e = kube_err(format!("applying CronJob {ns}/{cj_name}"))(e);
-                    return Err(report_failure(obj, ctx, APPLY_FAILED, e).await);
+            None => {
+                let applying = kube_err(format!("applying CronJob {ns}/{cj_name}"));
+                let injector = Some(&ctx.injector).filter(|_| excluded);
+                let written = match to_apply(&desired, injector) {
+                    Ok(body) => cron_jobs
+                        .patch(
+                            &cj_name,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&body),
+                        )
+                        .await
+                        .map_err(applying),
+                    Err(e) => Err(applying(kube::Error::SerdeError(e))),
+                };
+                match written {
+                    Ok(cj) => cj,
+                    Err(e) => return Err(report_failure(obj, ctx, APPLY_FAILED, e).await),
                 }
-            },
+            }
         };
         // Events say what was written; a skipped apply wrote nothing.
         if applied && previous.cron_job_name.is_none() {
@@ -587,23 +604,23 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         let injected = serde_json::to_value(stored)
             .map_err(|e| e.to_string())
             .and_then(|v| inject::inspect(&v));
-        // Nothing to wait for where no webhook ever acts.
-        notifier_missing = injected.is_err() && !excluded;
+        notifier_missing = injected.is_err();
         observed.push(match injected {
+            // Nobody checked the URLs at admission here: the status says so, once, where a
+            // reader looks for why a notification did not arrive.
+            Ok(()) if excluded => Observed::new(
+                status::NOTIFIER_INJECTED,
+                true,
+                "InjectedByController",
+                format!(
+                    "the CronJob's pod template carries the notifier, written by the controller: namespace {ns} is excluded from the operator's admission webhooks (its own namespace and kube-system are, so that it can always repair itself), so webhook URLs here are checked only by the notifier when it sends"
+                ),
+            ),
             Ok(()) => Observed::new(
                 status::NOTIFIER_INJECTED,
                 true,
                 "NotifierInjected",
                 "the CronJob's pod template carries the notifier",
-            ),
-            // "Was the webhook unavailable?" would send people looking for an outage.
-            Err(_) if excluded => Observed::new(
-                status::NOTIFIER_INJECTED,
-                false,
-                "NamespaceExcluded",
-                format!(
-                    "namespace {ns} is excluded from the operator's admission webhooks (its own namespace and kube-system are, so that it can always repair itself): backups here get no notifier and their webhook URLs are not checked; create them in another namespace"
-                ),
             ),
             Err(why) => Observed::new(status::NOTIFIER_INJECTED, false, "NotifierMissing", why),
         });
@@ -1167,17 +1184,30 @@ mod tests {
         assert!(!failure_write_due(true, false, None, t0), "nothing changed");
     }
 
-    /// Where the webhooks act, a CronJob without the notifier is re-applied (which lets a
-    /// webhook that is back inject it); where none acts, the plain CronJob is the finished one.
+    /// A CronJob without the notifier is re-applied (which lets a webhook that is back inject
+    /// it); one with the notifier and the current template is left alone.
     #[test]
-    fn a_cron_job_counts_as_applied_with_the_notifier_or_where_no_webhook_acts() {
+    fn a_cron_job_counts_as_applied_only_with_the_notifier() {
         let (injected, desired, injector) = stored_and_desired(true);
-        assert!(already_applied(&injected, &desired, Some(&injector)));
-        let (plain, desired, injector) = stored_and_desired(false);
-        assert!(!already_applied(&plain, &desired, Some(&injector)));
-        assert!(already_applied(&plain, &desired, None));
-        let mut changed = plain.clone();
+        assert!(already_applied(&injected, &desired, &injector));
+        let mut changed = injected.clone();
         changed.spec.as_mut().unwrap().schedule = "0 4 * * *".into();
-        assert!(!already_applied(&changed, &desired, None));
+        assert!(!already_applied(&changed, &desired, &injector));
+        let (plain, desired, injector) = stored_and_desired(false);
+        assert!(!already_applied(&plain, &desired, &injector));
+    }
+
+    /// Where no webhook acts the controller applies what the webhook would have made, so the
+    /// next reconcile finds it applied and a webhook call would change nothing.
+    #[test]
+    fn in_an_excluded_namespace_the_controller_applies_the_injected_cron_job() {
+        let (_, desired, injector) = stored_and_desired(false);
+        let plain = to_apply(&desired, None).unwrap();
+        assert!(inject::inspect(&plain).is_err());
+        let body = to_apply(&desired, Some(&injector)).unwrap();
+        inject::inspect(&body).unwrap();
+        assert!(inject::mutate(body.clone(), &injector).patch.is_empty());
+        let stored: CronJob = serde_json::from_value(body).unwrap();
+        assert!(already_applied(&stored, &desired, &injector));
     }
 }
