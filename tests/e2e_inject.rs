@@ -5,8 +5,10 @@
 mod common;
 
 use common::cluster::{Cluster, Mode, cluster, kubectl_ok, kubectl_stdin};
-use common::notify_scenario::{cron_job, path, store, three_outcomes};
-use common::pod_run::inject_flags;
+use common::notify_scenario::{
+    assert_one_notification, cron_job, notifier_log, path, store, three_outcomes,
+};
+use common::pod_run::{inject_flags, pod_spec, runner};
 use serde_json::Value;
 use testkit::receiver::{Receiver, Reply};
 
@@ -240,4 +242,54 @@ async fn the_stored_template_notifies_exactly_once_per_outcome() {
     let c = operator();
     let ns = c.cp.namespace("inject-run").await;
     three_outcomes(c, ns.name(), true).await;
+}
+
+/// "Webhook failures do not affect the backup status": a receiver that answers 500 gets one
+/// POST (no retry), the notifier warns and exits 0, and the pod's outcome is the backup's.
+#[tokio::test]
+async fn a_failing_receiver_does_not_change_the_backups_outcome() {
+    let c = operator();
+    let ns = c.cp.namespace("inject-hook-500").await;
+    let ns = ns.name();
+    for (name, script, want_exit, want_status) in [
+        (
+            "hook-500-backup-ok",
+            "echo backing up; exit 0",
+            0,
+            "success",
+        ),
+        (
+            "hook-500-backup-fails",
+            "echo backing up; exit 3",
+            3,
+            "failure",
+        ),
+    ] {
+        let rx = Receiver::http(Reply::Status(500));
+        let stored = store(c, ns, name, &cron_job(ns, name, &rx, script)).await;
+        let out = tempfile::tempdir().unwrap();
+        let report = runner(out.path(), ns, None, |_| {})
+            .start(&pod_spec(&stored))
+            .unwrap()
+            .wait()
+            .unwrap();
+        let backup = report.container("backup").unwrap();
+        assert_eq!(backup.exit_code, Some(want_exit), "{name}: {report:#?}");
+        assert_eq!(
+            report.phase == testkit::pod_runner::PodPhase::Succeeded,
+            want_exit == 0,
+            "{name}: {report:#?}"
+        );
+        let notifier = report.container("notifier").unwrap();
+        assert_eq!(notifier.exit_code, Some(0), "{name}: {report:#?}");
+        assert_one_notification(&rx, &report, ns, want_status, name);
+        let log = notifier_log(&report);
+        let warns: Vec<_> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert!(
+            warns.len() == 1
+                && warns[0].contains("webhook not delivered")
+                && warns[0].contains("reason=\"http-status\""),
+            "{name}: notifier log:\n{log}"
+        );
+    }
 }
