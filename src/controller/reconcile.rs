@@ -923,14 +923,8 @@ mod tests {
             run_as_user: Some(65532),
         };
         let desired = job_template::cron_job(&vb, &args, Duration::ZERO);
-        let stored = if injected {
-            let object = inject::mutate(serde_json::to_value(&desired).unwrap(), &injector)
-                .object
-                .unwrap();
-            serde_json::from_value(object).unwrap()
-        } else {
-            desired.clone()
-        };
+        let body = to_apply(&desired, Some(&injector).filter(|_| injected)).unwrap();
+        let stored = serde_json::from_value(body).unwrap();
         (stored, desired, injector)
     }
 
