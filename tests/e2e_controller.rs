@@ -317,23 +317,24 @@ async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
     .unwrap();
 }
 
-/// The operator's own namespace is excluded from its webhooks (so that it can always repair
-/// itself): no webhook injects the notifier there, so the controller writes it itself, and the
-/// status says that admission did not check the URLs.
+/// kube-system is excluded from the webhooks (so that the operator can always repair the
+/// cluster): no webhook injects the notifier there, so the controller writes it itself, and the
+/// status says that admission did not check the URLs. The operator's own namespace, excluded
+/// too, refuses backups outright: its Pod Security level would refuse every backup pod.
 #[tokio::test]
-async fn a_backup_in_a_namespace_the_webhooks_exclude_gets_the_notifier_from_the_controller() {
+async fn in_the_namespaces_the_webhooks_exclude_the_controller_injects_or_refuses() {
     let cp = cluster(Mode::Full, &[]).cp;
     let client = cp.client().await;
-    let ns = "backup-operator-system";
-    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
-    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
-    apply(
-        cp,
-        &manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false)
+    let backup = |ns: &str| {
+        manifest(ns, "0 3 * * *", "https://hooks.example.com/ok", false)
             .replace("name: my-backup,", "name: excluded-backup,")
             // Its own repository: a shared one would give other tests' backups an init delay.
-            .replace("s3.example.com/restic", "s3.example.com/excluded"),
-    );
+            .replace("s3.example.com/restic", &format!("s3.example.com/{ns}"))
+    };
+    let ns = "kube-system";
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    apply(cp, &backup(ns));
     let vb = wait_for(
         "NotifierInjected=True InjectedByController",
         WAIT,
@@ -359,9 +360,9 @@ async fn a_backup_in_a_namespace_the_webhooks_exclude_gets_the_notifier_from_the
         .unwrap()
         .message;
     assert!(
-        message.contains(
-            "namespace backup-operator-system is excluded from the operator's admission webhooks"
-        ) && message.contains("checked only by the notifier when it sends"),
+        message
+            .contains("namespace kube-system is excluded from the operator's admission webhooks")
+            && message.contains("checked only by the notifier when it sends"),
         "{message}"
     );
     let cj = cjs.get("excluded-backup-backup").await.unwrap();
@@ -370,6 +371,49 @@ async fn a_backup_in_a_namespace_the_webhooks_exclude_gets_the_notifier_from_the
         notifier_env(&cj, "NOTIFY_SUCCESS_URL").as_deref(),
         Some("https://hooks.example.com/ok")
     );
+    vbs.delete("excluded-backup", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let ns = "backup-operator-system";
+    let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
+    let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    apply(cp, &backup(ns));
+    let vb = wait_for("Ready=False OperatorNamespace", WAIT, || async {
+        let vb = vbs.get("excluded-backup").await?;
+        let ready = condition(&vb, "Ready");
+        anyhow::ensure!(
+            ready == Some(("False".into(), "OperatorNamespace".into())),
+            "Ready is {ready:?}"
+        );
+        Ok(vb)
+    })
+    .await
+    .unwrap();
+    let status = vb.status.as_ref().unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready
+            .message
+            .contains("backups do not run in namespace backup-operator-system")
+            && ready
+                .message
+                .contains("create the VolumeBackup in another namespace"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.cron_job_name, None);
+    assert!(
+        cjs.get_opt("excluded-backup-backup")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    wait_for_event(&client, ns, "OperatorNamespace", Some("Warning"), WAIT).await;
     vbs.delete("excluded-backup", &DeleteParams::default())
         .await
         .unwrap();

@@ -111,7 +111,8 @@ pub struct JobArgs {
     )]
     pub rclone_image: String,
     /// Longest a backup Job may run (activeDeadlineSeconds); then it is stopped and reported as
-    /// failed (a failure notification, lastFailedTime, a BackupFailed event). Without a bound, a
+    /// failed (lastFailedTime, a BackupFailed event, and a failure notification when the pod's
+    /// notifier had started). Without a bound, a
     /// Job whose pod never starts (an RWO volume attached elsewhere, an image that cannot be
     /// pulled) stays active forever, and concurrencyPolicy Forbid then skips every later run
     /// without a word. Raise it for first backups of very large volumes (at most 8760h); 0 means

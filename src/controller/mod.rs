@@ -130,6 +130,7 @@ pub async fn run(
             secrets_unreadable: Default::default(),
             term_end: term_end.clone(),
             excluded_namespaces: crate::webhook_config::excluded_namespaces(&args.lease_namespace),
+            own_namespace: args.lease_namespace.clone(),
             failure_writes: Default::default(),
         })
     };

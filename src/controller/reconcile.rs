@@ -46,6 +46,8 @@ pub struct Context {
     pub term_end: super::TermEnd,
     /// Namespaces the admission webhooks never see, where the controller injects the notifier.
     pub excluded_namespaces: Vec<String>,
+    /// The operator's own namespace, where backups are refused (see [`OPERATOR_NAMESPACE`]).
+    pub own_namespace: String,
     /// When this term last wrote a failure status for a backup (namespace, name), to bound how
     /// often a failure whose message keeps changing is written (see [`failure_write_due`]).
     pub failure_writes: std::sync::Mutex<std::collections::HashMap<(String, String), Instant>>,
@@ -463,6 +465,11 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
 pub const APPLY_FAILED: &str = "ApplyFailed";
 /// Reading a PersistentVolumeClaim or Secret the backup needs failed (not: it is missing).
 pub const DEPENDENCY_CHECK_FAILED: &str = "DependencyCheckFailed";
+/// The backup is in the operator's own namespace. Its Pod Security level is `restricted`
+/// (manifests/install/namespace.yaml), which backup pods do not meet: restic runs as the image's
+/// user, root, so that it can read any volume. A CronJob there would start Jobs whose pods are
+/// all refused, unnoticed until the backup deadline fails them; saying so at once is better.
+pub const OPERATOR_NAMESPACE: &str = "OperatorNamespace";
 
 async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     // Being deleted. With foreground deletion (Argo CD's default) the backup stays until the
@@ -482,6 +489,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     let kind = K::KIND.as_str();
     let cron_jobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     let excluded = ctx.excluded_namespaces.contains(&ns);
+    let refused = ns == ctx.own_namespace;
     let desired = job_template::cron_job(obj, &ctx.job_args, init_delay);
     let cj_name = desired.metadata.name.clone().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
@@ -491,7 +499,12 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     let mut events = Vec::new();
 
     // A CronJob of that name that is not ours is never taken over.
-    let existing = match cron_jobs.get_opt(&cj_name).await {
+    let existing = if refused {
+        Ok(None)
+    } else {
+        cron_jobs.get_opt(&cj_name).await
+    };
+    let existing = match existing {
         Ok(existing) => existing,
         Err(e) => {
             let e = kube_err(format!("reading CronJob {ns}/{cj_name}"))(e);
@@ -501,7 +514,17 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     let conflict = existing
         .as_ref()
         .is_some_and(|cj| !cj.owner_references().iter().any(|o| o.uid == uid));
-    let stored = if conflict {
+    let stored = if refused {
+        observed.push(Observed::new(
+            status::READY,
+            false,
+            OPERATOR_NAMESPACE,
+            format!(
+                "backups do not run in namespace {ns}, the operator's own: its Pod Security level (restricted) refuses backup pods, which run restic as root; create the {kind} in another namespace"
+            ),
+        ));
+        None
+    } else if conflict {
         observed.push(Observed::new(
             status::READY,
             false,
@@ -555,19 +578,23 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         Some(stored)
     };
 
-    let deps = match check_dependencies(&ctx.client, &ns, &obj.dependencies()).await {
-        Ok(deps) => deps,
-        Err(e) => return Err(report_failure(obj, ctx, DEPENDENCY_CHECK_FAILED, e).await),
+    let deps = if refused {
+        Dependencies::default()
+    } else {
+        match check_dependencies(&ctx.client, &ns, &obj.dependencies()).await {
+            Ok(deps) => deps,
+            Err(e) => return Err(report_failure(obj, ctx, DEPENDENCY_CHECK_FAILED, e).await),
+        }
     };
     if !deps.unchecked.is_empty() && ctx.secrets_unreadable_in(&ns) {
         // Once per namespace and leadership term: an intended RBAC choice must not flood the
         // log, and a removed rule or an authorizer outage must not go unnoticed either.
         tracing::warn!(%ns, "may not get Secrets in this namespace: backups there become Ready without the Secret checks");
     }
-    let waiting = deps.missing.is_some() || conflict;
+    let waiting = deps.missing.is_some() || conflict || refused;
     if let Some(m) = deps.missing {
         observed.push(m);
-    } else if !conflict {
+    } else if !waiting {
         let unchecked = match deps.unchecked.as_slice() {
             [] => String::new(),
             [name] => format!(
@@ -1069,6 +1096,7 @@ mod tests {
             secrets_unreadable: Default::default(),
             term_end: futures::future::pending().boxed().shared(),
             excluded_namespaces: Vec::new(),
+            own_namespace: "backup-operator-system".into(),
             failure_writes: Default::default(),
         };
         (ctx, requests)

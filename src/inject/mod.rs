@@ -116,7 +116,7 @@ pub struct InjectorArgs {
     /// fit it.
     #[arg(long, default_value = "10s", value_parser = parse_notifier_timeout)]
     pub notifier_timeout: Duration,
-    /// CPU request of the injected containers. The three resource flags are refused at start-up
+    /// CPU request of the injected containers. The four resource flags are refused at start-up
     /// when the apiserver would refuse them, and kept as it stores them ("1024Mi" as "1Gi").
     #[arg(long, default_value = "10m", value_parser = crate::quantity::resource)]
     pub notifier_cpu_request: String,
