@@ -332,7 +332,7 @@ async fn mutate_handler(
     let answer = match unchanged.with_patch(&patch) {
         Ok(a) => a,
         Err(e) => {
-            tracing::error!(uid = %req.uid, error = %e, "cannot encode the patch; leaving the CronJob unchanged");
+            tracing::error!(uid = ?req.uid, error = %e, "cannot encode the patch; leaving the CronJob unchanged");
             Answer::allow(&req.uid)
         }
     };
@@ -340,10 +340,10 @@ async fn mutate_handler(
     count_decision(&state, "mutate", &req.kind.kind, decision);
     log_decision!(
         ops > 0 || warnings > 0,
-        uid = %req.uid,
-        kind = %req.kind.kind,
+        uid = ?req.uid,
+        kind = ?req.kind.kind,
         namespace = req.namespace.as_deref().unwrap_or(""),
-        name = %req.name,
+        name = ?req.name,
         operation = ?req.operation,
         decision,
         injected,
@@ -405,10 +405,10 @@ async fn validate_handler(
     count_decision(&state, "validate", &kind, decision);
     log_decision!(
         !verdict.denials.is_empty() || !verdict.warnings.is_empty(),
-        uid = %req.uid,
-        kind = %kind,
+        uid = ?req.uid,
+        kind = ?kind,
         namespace = req.namespace.as_deref().unwrap_or(""),
-        name = %req.name,
+        name = ?req.name,
         operation = ?req.operation,
         decision,
         denials = verdict.denials.len(),

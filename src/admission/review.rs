@@ -37,8 +37,14 @@ struct Envelope<R> {
 /// answered in a version the apiserver did not ask for).
 fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
     let bad = |m: String| BadRequest(StatusCode::BAD_REQUEST, m);
-    let review: Envelope<R> = serde_json::from_slice(bytes)
-        .map_err(|e| bad(format!("request body is not an AdmissionReview: {e}")))?;
+    // serde's message quotes what it could not take ("unknown variant ..."), which in a forged
+    // request may hold line breaks: escaped, the answer and the log stay one line each.
+    let review: Envelope<R> = serde_json::from_slice(bytes).map_err(|e| {
+        bad(format!(
+            "request body is not an AdmissionReview: {}",
+            escape_controls(&e.to_string())
+        ))
+    })?;
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(bad(format!(
             "expected kind {KIND} in {API_VERSION}, got {:?} in {:?}",
@@ -48,6 +54,19 @@ fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
     review
         .request
         .ok_or_else(|| bad(format!("{KIND} has no request")))
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`).
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What a webhook reads of a request: the same fields for both, the objects as each needs them
@@ -279,5 +298,15 @@ mod tests {
         let empty = json!({"apiVersion": API_VERSION, "kind": KIND});
         let e = decode_validate_review(&serde_json::to_vec(&empty).unwrap()).unwrap_err();
         assert_eq!(e.1, "AdmissionReview has no request");
+        // What serde quotes from a forged request stays on the line.
+        let forged = json!({"apiVersion": API_VERSION, "kind": KIND, "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "X"},
+            "operation": "X\nFAKE ERROR forged line\u{1b}[31m", "name": "n"}});
+        let e = decode_validate_review(&serde_json::to_vec(&forged).unwrap()).unwrap_err();
+        assert!(
+            !e.1.contains(['\n', '\u{1b}']) && e.1.contains(r"X\nFAKE ERROR forged line\u{1b}[31m"),
+            "{}",
+            e.1
+        );
     }
 }
