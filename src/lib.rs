@@ -19,6 +19,7 @@ pub mod inject;
 pub mod json_view;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod notifier;
 pub mod quantity;
 pub mod schedule;

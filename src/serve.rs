@@ -52,7 +52,7 @@ pub struct ServeArgs {
     /// Self-managed certificates: serve the certificate in this Secret (in --lease-namespace),
     /// which the leader creates, rotates ahead of expiry, and whose CA it writes into both webhook
     /// configurations.
-    #[arg(long, env = "BACKUP_OPERATOR_TLS_SECRET", value_name = "NAME", conflicts_with_all = ["tls_cert", "tls_key"])]
+    #[arg(long, env = "BACKUP_OPERATOR_TLS_SECRET", value_name = "NAME", conflicts_with_all = ["tls_cert", "tls_key"], value_parser = crate::names::subdomain)]
     pub tls_secret: Option<String>,
     #[command(flatten)]
     pub certs: SelfManagedArgs,
@@ -86,10 +86,10 @@ pub struct ServeArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct SelfManagedArgs {
     /// Service in front of the webhooks; its in-cluster names go into the serving certificate.
-    #[arg(long, default_value = "backup-operator")]
+    #[arg(long, default_value = "backup-operator", value_parser = crate::names::label)]
     pub service_name: String,
     /// Extra DNS name for the serving certificate. Repeatable.
-    #[arg(long = "cert-dns", value_name = "NAME")]
+    #[arg(long = "cert-dns", value_name = "NAME", value_parser = crate::names::host_name)]
     pub cert_dns: Vec<String>,
     /// IP address for the serving certificate (for webhooks registered by URL). Repeatable.
     #[arg(long = "cert-ip", value_name = "IP")]
@@ -101,7 +101,7 @@ pub struct SelfManagedArgs {
     #[arg(long, default_value = "2160h", value_parser = parse_validity)]
     pub cert_validity: Duration,
     /// Name of the Validating- and MutatingWebhookConfiguration that receive the CA bundle.
-    #[arg(long, default_value = crate::webhook_config::NAME)]
+    #[arg(long, default_value = crate::webhook_config::NAME, value_parser = crate::names::subdomain)]
     pub webhook_configuration: String,
 }
 

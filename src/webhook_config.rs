@@ -42,6 +42,24 @@ pub fn excluded_namespaces(operator_namespace: &str) -> Vec<String> {
     vec![operator_namespace.to_owned(), "kube-system".to_owned()]
 }
 
+/// `webhooks --url`: the apiserver calls a webhook URL only over https, and refuses one with
+/// user info, a query or a fragment.
+pub fn parse_base_url(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let why = if url.scheme() != "https" {
+        "the apiserver calls webhooks only over https"
+    } else if url.host_str().is_none_or(str::is_empty) {
+        "it has no host"
+    } else if !url.username().is_empty() || url.password().is_some() {
+        "the apiserver refuses user info in a webhook URL"
+    } else if url.query().is_some() || url.fragment().is_some() {
+        "the apiserver refuses a query or fragment in a webhook URL"
+    } else {
+        return Ok(s.to_owned());
+    };
+    Err(format!("{s:?} is not a webhook base URL: {why}"))
+}
+
 impl WebhookSettings {
     fn client_config(&self, path: &str) -> WebhookClientConfig {
         let ca_bundle = self.ca_bundle.clone().map(ByteString);

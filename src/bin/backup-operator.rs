@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use backup_operator::{certs, crd, logging, serve, webhook_config};
+use backup_operator::{certs, crd, logging, names, serve, webhook_config};
 
 // Admission requests are allocation-heavy (JSON trees in and out); under load glibc's and
 // especially musl's malloc took ~40% of the CPU (BENCHMARKS.md, callgrind). The notifier keeps
@@ -51,15 +51,16 @@ enum CertCommand {
 #[derive(clap::Args)]
 struct WebhooksArgs {
     /// Reach the webhooks through this Service (port 443)…
-    #[arg(long, default_value = "backup-operator", conflicts_with = "url")]
+    #[arg(long, default_value = "backup-operator", conflicts_with = "url", value_parser = names::label)]
     service: String,
     /// …in this namespace, which is also excluded from both webhooks with kube-system.
-    #[arg(long, default_value = "backup-operator-system")]
+    #[arg(long, default_value = "backup-operator-system", value_parser = names::label)]
     namespace: String,
     /// Reach the webhooks at this base URL instead (development), e.g. https://127.0.0.1:8443.
-    #[arg(long)]
+    #[arg(long, value_parser = webhook_config::parse_base_url)]
     url: Option<String>,
-    /// PEM file of the CA to put into caBundle (default: left empty, to be injected).
+    /// PEM file of the CA to put into caBundle (default: left empty, to be injected). Only its
+    /// certificates are taken; a file without one is refused.
     #[arg(long, value_name = "PATH")]
     ca_bundle_file: Option<std::path::PathBuf>,
 }
@@ -70,16 +71,16 @@ struct GenerateArgs {
     #[arg(long, value_name = "DIR")]
     out_dir: std::path::PathBuf,
     /// DNS name for the serving certificate. Repeatable.
-    #[arg(long = "dns", value_name = "NAME")]
+    #[arg(long = "dns", value_name = "NAME", value_parser = names::host_name)]
     dns_names: Vec<String>,
     /// IP address for the serving certificate. Repeatable.
     #[arg(long = "ip", value_name = "IP")]
     ips: Vec<std::net::IpAddr>,
     /// Adds the in-cluster names of this Service (svc, svc.ns, svc.ns.svc, ….cluster.local).
-    #[arg(long, value_name = "NAME", requires = "namespace")]
+    #[arg(long, value_name = "NAME", requires = "namespace", value_parser = names::label)]
     service: Option<String>,
     /// Namespace of --service.
-    #[arg(long, value_name = "NS")]
+    #[arg(long, value_name = "NS", value_parser = names::label)]
     namespace: Option<String>,
     /// Validity of both certificates, 1s to 876000h.
     #[arg(long, default_value = "8760h", value_parser = serve::parse_validity)]
@@ -116,10 +117,18 @@ fn run(command: Command) -> Result<()> {
         Command::Crds => emit(&crd::crds_yaml()?),
         Command::Webhooks(a) => {
             let ca_bundle = match &a.ca_bundle_file {
-                Some(p) => Some(
-                    std::fs::read(p)
-                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
-                ),
+                Some(p) => {
+                    let pem = std::fs::read(p)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+                    // Certificates only: a key in the file must not end up in a cluster-wide
+                    // readable object, and a file without a certificate would make every call
+                    // to the webhooks fail TLS.
+                    let bundle = certs::pem_bundle([pem.as_slice()]);
+                    if bundle.is_empty() {
+                        anyhow::bail!("{} holds no PEM certificate", p.display());
+                    }
+                    Some(bundle.into_bytes())
+                }
                 None => None,
             };
             let endpoint = match a.url {

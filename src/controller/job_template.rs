@@ -100,14 +100,16 @@ pub struct JobArgs {
     #[arg(
         long,
         env = "BACKUP_OPERATOR_RESTIC_IMAGE",
-        default_value = "docker.io/restic/restic:0.17.3"
+        default_value = "docker.io/restic/restic:0.17.3",
+        value_parser = crate::names::image
     )]
     pub restic_image: String,
     /// rclone image of the S3Backup copy step.
     #[arg(
         long,
         env = "BACKUP_OPERATOR_RCLONE_IMAGE",
-        default_value = "docker.io/rclone/rclone:1.68"
+        default_value = "docker.io/rclone/rclone:1.68",
+        value_parser = crate::names::image
     )]
     pub rclone_image: String,
     /// Longest a backup Job may run (activeDeadlineSeconds); then it is stopped and reported as

@@ -41,18 +41,19 @@ pub struct ControllerArgs {
     #[arg(
         long = "lease-namespace",
         env = "POD_NAMESPACE",
-        default_value = "backup-operator-system"
+        default_value = "backup-operator-system",
+        value_parser = crate::names::label
     )]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
-    #[arg(long, default_value = "backup-operator-leader")]
+    #[arg(long, default_value = "backup-operator-leader", value_parser = crate::names::subdomain)]
     pub lease_name: String,
     /// How long a Lease stays valid without renewal; a new leader takes over after this. Whole
     /// seconds, 1s to 24h.
     #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
     /// This replica's identity in the Lease (default: the pod name, else host name and PID).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME", value_parser = crate::names::identity)]
     pub identity: Option<String>,
 }
 

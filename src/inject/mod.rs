@@ -107,7 +107,7 @@ pub const DEFAULT_NOTIFIER_IMAGE: &str =
 #[derive(Clone, Debug, clap::Args)]
 pub struct InjectorArgs {
     /// Image holding /usr/local/bin/backup-notifier (normally the operator's own image).
-    #[arg(long, env = "BACKUP_OPERATOR_NOTIFIER_IMAGE", default_value = DEFAULT_NOTIFIER_IMAGE)]
+    #[arg(long, env = "BACKUP_OPERATOR_NOTIFIER_IMAGE", default_value = DEFAULT_NOTIFIER_IMAGE, value_parser = crate::names::image)]
     pub notifier_image: String,
     /// How the notifier runs beside the backup container.
     #[arg(long, value_enum, default_value_t = NotifierMode::Sidecar)]
@@ -135,7 +135,7 @@ pub struct InjectorArgs {
     /// Mounted optional, so a namespace without it still runs its backups (the notifier then
     /// trusts the public roots only, and a failed TLS delivery says the CA file was missing).
     /// trust-manager's Bundle can write such a ConfigMap into every namespace.
-    #[arg(long, value_name = "NAME", value_parser = parse_config_map_name)]
+    #[arg(long, value_name = "NAME", value_parser = crate::names::subdomain)]
     pub notifier_ca_configmap: Option<String>,
     /// The key of --notifier-ca-configmap that holds the PEM.
     #[arg(long, value_name = "KEY", default_value = "ca.crt", value_parser = parse_config_map_key, requires = "notifier_ca_configmap")]
@@ -168,24 +168,6 @@ fn parse_run_as_user(s: &str) -> Result<RunAsUser, String> {
             i32::MAX
         )),
     }
-}
-
-/// `--notifier-ca-configmap`: a ConfigMap name (a DNS-1123 subdomain), refused at start-up
-/// rather than written into every pod template the apiserver would then reject.
-fn parse_config_map_name(s: &str) -> Result<String, String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if s.len() > 253 || !s.split('.').all(label_ok) {
-        return Err(format!(
-            "{s:?} is not a ConfigMap name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"
-        ));
-    }
-    Ok(s.to_owned())
 }
 
 /// `--notifier-ca-key`: a ConfigMap key, as the apiserver validates one (a key could not be
@@ -1039,27 +1021,8 @@ mod tests {
     }
 
     #[test]
-    fn the_ca_configmap_flags_take_only_what_the_apiserver_accepts() {
-        for good in ["kube-root-ca.crt", "relay-ca", "a", "trust.example.com"] {
-            assert_eq!(parse_config_map_name(good).as_deref(), Ok(good));
-        }
+    fn the_ca_key_flag_takes_only_what_the_apiserver_accepts() {
         let long = "a".repeat(254);
-        for bad in [
-            "",
-            "Relay",
-            "-ca",
-            "ca-",
-            "a..b",
-            "ca_bundle",
-            "a/b",
-            long.as_str(),
-        ] {
-            let e = parse_config_map_name(bad).unwrap_err();
-            assert!(
-                e.contains("is not a ConfigMap name") && !e.contains('\n'),
-                "{bad:?}: {e}"
-            );
-        }
         for good in ["ca.crt", "bundle.pem", "CA_1-x"] {
             assert_eq!(parse_config_map_key(good).as_deref(), Ok(good));
         }
