@@ -4,6 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether a value the payload carries (`notify-host`, `notify-volume`, their env) is blank,
+/// which the notifier takes as not set: admission refuses what the notifier would not send.
+pub fn is_blank(v: &str) -> bool {
+    v.trim().is_empty()
+}
+
 /// API group of both custom resources.
 pub const GROUP: &str = "backups.k8s.bnerd.com";
 

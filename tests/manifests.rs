@@ -196,7 +196,11 @@ fn bad_names_urls_and_bundles_are_refused_in_one_line() {
             String::from_utf8(der).unwrap()
         })
         .collect();
-    assert_eq!(bundles.len(), yaml.matches("clientConfig:").count(), "{yaml}");
+    assert_eq!(
+        bundles.len(),
+        yaml.matches("clientConfig:").count(),
+        "{yaml}"
+    );
     assert!(!bundles.is_empty());
     for bundle in bundles {
         assert_eq!(bundle.replace("\r\n", "\n"), ca_crt.replace("\r\n", "\n"));

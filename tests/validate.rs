@@ -239,6 +239,66 @@ fn labelled_cron_jobs_have_their_annotations_checked() {
     );
     let (denials, _) = verdict(cj(json!({}), bad), &UrlPolicy::default());
     assert!(denials.is_empty(), "unlabelled CronJobs are not ours");
+
+    // Blank host and volume are what the notifier takes as unset: it would send nothing.
+    let blank = json!({
+        "backups.k8s.bnerd.com/webhook-success": "https://hooks.example.com/ok",
+        "backups.k8s.bnerd.com/notify-kind": "VolumeBackup",
+        "backups.k8s.bnerd.com/notify-host": " ",
+        "backups.k8s.bnerd.com/notify-volume": "\t",
+    });
+    let (denials, _) = verdict(cj(label.clone(), blank), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "metadata.annotations[backups.k8s.bnerd.com/notify-host]: is required when a webhook URL is set (it goes into the payload)",
+            "metadata.annotations[backups.k8s.bnerd.com/notify-volume]: is required when a webhook URL is set (it goes into the payload)",
+        ]
+    );
+}
+
+/// A bad URL on an unlabelled CronJob was never checked; adding the label checks it as on a
+/// create rather than keeping it as unchanged. Unchanged on a labelled one, it is kept.
+#[test]
+fn adding_the_label_checks_annotations_that_were_never_checked() {
+    let object = |labels: Value| {
+        json!({
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "c", "namespace": "default", "labels": labels, "annotations": {
+                "backups.k8s.bnerd.com/webhook-success": "http://169.254.169.254/latest",
+                "backups.k8s.bnerd.com/notify-kind": "VolumeBackup",
+                "backups.k8s.bnerd.com/notify-host": "ns-data",
+                "backups.k8s.bnerd.com/notify-volume": "data",
+            }},
+            "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}}
+        })
+    };
+    let label = json!({"backups.k8s.bnerd.com/notify": "true"});
+    let update = |old_labels: Value| {
+        review(
+            "batch",
+            "CronJob",
+            "UPDATE",
+            object(label.clone()),
+            Some(object(old_labels)),
+        )
+    };
+    let (denials, warnings) = verdict(update(json!({})), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "metadata.annotations[backups.k8s.bnerd.com/webhook-success]: host 169.254.169.254 is link-local (cloud metadata); notifications cannot be sent there"
+        ],
+        "{warnings:?}"
+    );
+    let (denials, warnings) = verdict(update(label.clone()), &UrlPolicy::default());
+    assert!(denials.is_empty(), "{denials:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("kept because it did not change")),
+        "{warnings:?}"
+    );
 }
 
 #[test]

@@ -387,14 +387,18 @@ impl Checker<'_> {
     }
 
     fn cron_job(&mut self, meta: &MetaView, old: Option<&MetaView>) {
-        let labelled = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(contract::NOTIFY_LABEL))
-            .is_some_and(|v| v == "true");
-        if !labelled {
+        fn labelled(m: &MetaView) -> bool {
+            m.labels
+                .as_ref()
+                .and_then(|l| l.get(contract::NOTIFY_LABEL))
+                .is_some_and(|v| v == "true")
+        }
+        if !labelled(meta) {
             return;
         }
+        // An unlabelled CronJob's annotations were never checked, so adding the label does not
+        // keep a bad value "because it did not change": it is checked as on a create.
+        let old = old.filter(|m| labelled(m));
         // Only what `annotations::VALIDATED_KEYS` names: the webhook configuration's matchConditions
         // skip UPDATEs that change nothing else, so reading more here would go unchecked there.
         fn validated(m: &MetaView) -> BTreeMap<&'static str, &str> {
@@ -433,7 +437,7 @@ impl Checker<'_> {
             }
         }
         for key in [annotations::NOTIFY_HOST, annotations::NOTIFY_VOLUME] {
-            if ann.get(key).is_none_or(|v| v.is_empty()) {
+            if ann.get(key).is_none_or(|v| contract::is_blank(v)) {
                 self.deny(
                     &path(key),
                     "is required when a webhook URL is set (it goes into the payload)",

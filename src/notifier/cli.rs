@@ -550,7 +550,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.trim().is_empty())
+    v.as_deref().filter(|s| !crate::contract::is_blank(s))
 }
 
 /// `10s`, `2.5s`, `500ms`, `1m`, or a bare number of seconds; more than 0, at most 5m.
