@@ -282,3 +282,23 @@ fn the_command_starts_with_no_signal_blocked() {
     r.assert_code(0);
     assert_eq!(r.stdout.trim(), "SigBlk:\t0000000000000000");
 }
+
+/// A wrapper started with SIGCHLD ignored (a launcher may leave it so) still learns that its
+/// command ended: otherwise the kernel reaps the child unseen and the wrapper waits forever.
+#[test]
+fn a_wrapper_started_with_sigchld_ignored_still_ends_with_the_command() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new();
+    let mut c = s.exec_sh("exit 3");
+    // SAFETY: signal is async-signal-safe, as required between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let r = run(&mut c, LIMIT);
+    r.assert_code(3);
+    assert_eq!(s.result_json()["exit_code"], 3);
+    assert_eq!(probe(&s.lock()).unwrap(), LockState::Released);
+}

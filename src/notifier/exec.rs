@@ -53,6 +53,14 @@ pub fn run(result: &Path, command: &[OsString]) -> u8 {
 fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     let (program, args) = command.split_first().context("no command given after --")?;
 
+    // An ignored SIGCHLD, inherited from whatever started the wrapper, makes the kernel reap the
+    // child itself and send no SIGCHLD: the wait below would never end, and no result would
+    // ever be written. The default disposition is what reaping needs (the child inherits it,
+    // as children normally have it).
+    // SAFETY: signal with SIG_DFL installs no handler and has no memory-safety preconditions.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error()).context("restoring the default SIGCHLD handling");
+    }
     let mut handled = FORWARDED_SIGNALS.to_vec();
     handled.push(libc::SIGCHLD);
     // Blocked before the child exists, so no signal between spawn and the first sigwait is lost.
