@@ -33,9 +33,17 @@ spec:
   # Spellings the apiserver stores differently ("1Gi", "500m", "1536Mi"): the controller must
   # still see that the stored CronJob is what it would apply.
   resources: {{requests: {{memory: 1024Mi, cpu: "0.5"}}, limits: {{memory: 1.5Gi}}}}
-  # Empty, which the apiserver does not store at all.
+  # Empty, which the apiserver does not store at all (the empty selector itself it does store).
   nodeSelector: {{}}
   tolerations: []
+  affinity:
+    podAntiAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 1
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector: {{matchLabels: {{}}}}
+          namespaceSelector: {{}}
 "#
     )
 }

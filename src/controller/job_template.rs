@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretEnvSource,
+    Affinity, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodSpec, PodTemplateSpec, SecretEnvSource,
     SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -121,6 +121,56 @@ pub struct JobArgs {
     /// no limit.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = |s: &str| crate::duration::within(s, Duration::ZERO, Duration::from_secs(8760 * 3600)))]
     pub backup_deadline: Duration,
+}
+
+/// The affinity as the apiserver stores it. Its only maps are the selectors' `matchLabels`, and
+/// an empty map is not stored (Go's omitempty): applied as given, the stored CronJob would never
+/// look like what the controller applies ([`crate::inject::patch::contains`]), so every
+/// reconcile would re-apply it, and one during a mutating-webhook outage would strip the notifier.
+fn affinity_as_stored(affinity: &Affinity) -> Affinity {
+    let mut a = affinity.clone();
+    let mut terms: Vec<&mut PodAffinityTerm> = Vec::new();
+    if let Some(p) = a.pod_affinity.as_mut() {
+        terms.extend(
+            p.required_during_scheduling_ignored_during_execution
+                .iter_mut()
+                .flatten(),
+        );
+        terms.extend(
+            p.preferred_during_scheduling_ignored_during_execution
+                .iter_mut()
+                .flatten()
+                .map(|w| &mut w.pod_affinity_term),
+        );
+    }
+    if let Some(p) = a.pod_anti_affinity.as_mut() {
+        terms.extend(
+            p.required_during_scheduling_ignored_during_execution
+                .iter_mut()
+                .flatten(),
+        );
+        terms.extend(
+            p.preferred_during_scheduling_ignored_during_execution
+                .iter_mut()
+                .flatten()
+                .map(|w| &mut w.pod_affinity_term),
+        );
+    }
+    for term in terms {
+        for selector in [&mut term.label_selector, &mut term.namespace_selector]
+            .into_iter()
+            .flatten()
+        {
+            if selector
+                .match_labels
+                .as_ref()
+                .is_some_and(BTreeMap::is_empty)
+            {
+                selector.match_labels = None;
+            }
+        }
+    }
+    a
 }
 
 /// What differs between the two kinds.
@@ -443,7 +493,7 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duratio
                             // An empty map is not stored; applying one would never match.
                             node_selector: spec.node_selector.clone().filter(|m| !m.is_empty()),
                             tolerations: spec.tolerations.clone(),
-                            affinity: spec.affinity.clone(),
+                            affinity: spec.affinity.as_ref().map(affinity_as_stored),
                             ..Default::default()
                         }),
                     },

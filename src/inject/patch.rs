@@ -130,7 +130,7 @@ fn index(token: &str) -> Option<usize> {
 /// must match element by element, scalars must be equal. An empty list or string (or null) in
 /// `want` may be absent from `have`: the apiserver does not store them (`tolerations: []`, an
 /// env var's `value: ""`). An empty object must be there: `emptyDir: {}` is stored, and its
-/// absence means the volume has another source; empty maps (`nodeSelector: {}`), which are not
+/// absence means the volume has another source; empty maps (`nodeSelector: {}`, `matchLabels: {}`), which are not
 /// stored, are left out of what the controller applies instead. `false` and `0` must be there
 /// too: on a pointer field their absence means something else.
 pub fn contains(have: &Value, want: &Value) -> bool {
