@@ -278,12 +278,11 @@ async fn a_volume_backup_becomes_a_cron_job_with_the_notifier_and_follows_change
 }
 
 #[tokio::test]
-async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
+async fn missing_dependencies_are_reported_one_by_one_and_clear_by_themselves() {
     let cp = cluster(Mode::Full, &[]).cp;
     let client = cp.client().await;
     let ns = cp.namespace("ctrl-missing").await;
     let ns = ns.name();
-    fixtures::restic_secret(&client, ns).await;
     let vbs: Api<VolumeBackup> = Api::namespaced(client.clone(), ns);
     apply(
         cp,
@@ -302,8 +301,24 @@ async fn a_missing_volume_claim_is_reported_and_clears_by_itself() {
     .unwrap();
     wait_for_event(&client, ns, "VolumeClaimNotFound", Some("Warning"), WAIT).await;
 
-    // The claim appears later; the condition clears without restarting anything.
+    // The claim appears, the Secret is still missing: Ready stays False with the new reason,
+    // and a new event says so.
     fixtures::pvc(&client, ns, "my-data-pvc").await;
+    wait_for("Ready=False SecretNotFound", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = condition(&vb, "Ready");
+        anyhow::ensure!(
+            ready == Some(("False".into(), "SecretNotFound".into())),
+            "Ready is {ready:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    wait_for_event(&client, ns, "SecretNotFound", Some("Warning"), WAIT).await;
+
+    // The Secret appears later; the condition clears without restarting anything.
+    fixtures::restic_secret(&client, ns).await;
     wait_for("Ready=True", WAIT, || async {
         let vb = vbs.get("my-backup").await?;
         let ready = condition(&vb, "Ready");

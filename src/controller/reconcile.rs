@@ -578,7 +578,9 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         Some(stored)
     };
 
-    let deps = if refused {
+    // One reason for Ready=False at a time: a missing claim is no news while the CronJob cannot
+    // be ours anyway.
+    let deps = if refused || conflict {
         Dependencies::default()
     } else {
         match check_dependencies(&ctx.client, &ns, &obj.dependencies()).await {
@@ -684,11 +686,11 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         .and_then(|c| c.status.clone())
         .unwrap_or_default();
 
-    let (conditions, flipped) =
+    let (conditions, news) =
         status::merge(&previous.conditions, &observed, obj.meta().generation, now);
     for c in observed
         .iter()
-        .filter(|o| !o.ok && flipped.contains(&o.type_) && o.type_ != status::SUSPENDED)
+        .filter(|o| !o.ok && news.contains(&o.type_) && o.type_ != status::SUSPENDED)
     {
         events.push((EventType::Warning, c.reason.clone(), c.message.clone()));
     }

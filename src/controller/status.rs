@@ -32,23 +32,32 @@ impl Observed {
 }
 
 /// Merges observations into the previous conditions: `lastTransitionTime` moves only when the
-/// status flips. Returns the conditions and the types that flipped.
+/// status flips. Returns the conditions and the types that are news: flipped, or with another
+/// reason (a claim that appeared while the Secret is still missing). Only the first
+/// observation of a type counts: the apiserver refuses a status with two conditions of one type.
 pub fn merge(
     previous: &[Condition],
     observed: &[Observed],
     generation: Option<i64>,
     now: Timestamp,
 ) -> (Vec<Condition>, Vec<&'static str>) {
-    let mut flipped = Vec::new();
+    let mut news = Vec::new();
     let conditions = observed
         .iter()
-        .map(|o| {
+        .enumerate()
+        .filter(|(i, o)| observed[..*i].iter().all(|p| p.type_ != o.type_))
+        .map(|(_, o)| {
             let status = if o.ok { "True" } else { "False" };
             let prev = previous.iter().find(|c| c.type_ == o.type_);
             let since = match prev {
-                Some(p) if p.status == status => p.last_transition_time.clone(),
+                Some(p) if p.status == status => {
+                    if p.reason != o.reason {
+                        news.push(o.type_);
+                    }
+                    p.last_transition_time.clone()
+                }
                 _ => {
-                    flipped.push(o.type_);
+                    news.push(o.type_);
                     Time(now)
                 }
             };
@@ -62,7 +71,7 @@ pub fn merge(
             }
         })
         .collect();
-    (conditions, flipped)
+    (conditions, news)
 }
 
 /// `previous` with its `Ready` condition replaced by `ready`: what a reconcile that failed part
@@ -187,6 +196,37 @@ mod tests {
             observed_generation: Some(generation),
             last_transition_time: Time(Timestamp::UNIX_EPOCH),
         }
+    }
+
+    /// A False condition that changes reason is news (its event is the only word of the new
+    /// cause), its transition time stays; one condition per type reaches the apiserver.
+    #[test]
+    fn a_new_reason_is_news_and_each_type_is_reported_once() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let previous = [
+            condition(READY, "False", "VolumeClaimNotFound", 1),
+            condition(SUSPENDED, "False", "Active", 1),
+        ];
+        let observed = [
+            Observed::new(
+                READY,
+                false,
+                "SecretNotFound",
+                "Secret restic does not exist",
+            ),
+            Observed::new(READY, false, "VolumeClaimNotFound", "a second Ready"),
+            Observed::new(SUSPENDED, false, "Active", "backups run on schedule"),
+        ];
+        let (conditions, news) = merge(&previous, &observed, Some(2), now);
+        assert_eq!(news, [READY]);
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[0].reason, "SecretNotFound");
+        assert_eq!(
+            conditions[0].last_transition_time,
+            Time(Timestamp::UNIX_EPOCH)
+        );
+        let (_, news) = merge(&conditions, &observed, Some(2), now);
+        assert!(news.is_empty(), "{news:?}");
     }
 
     /// A failed reconcile replaces Ready only; the rest describes the CronJob still in place.
