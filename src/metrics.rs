@@ -100,18 +100,33 @@ impl BackupMetrics {
         );
     }
 
+    /// Sets the series of one backup to `f`; a figure it does not have removes its series, so a
+    /// backup deleted and created again under the same name does not show the earlier one's.
     pub fn record(&self, labels: &BackupLabels, f: &BackupFigures) {
-        if let Some(t) = f.last_success {
-            self.last_success.get_or_create(labels).set(t);
+        for (family, value) in [
+            (&self.last_success, f.last_success),
+            (&self.last_failure, f.last_failure),
+        ] {
+            match value {
+                Some(t) => {
+                    family.get_or_create(labels).set(t);
+                }
+                None => {
+                    family.remove(labels);
+                }
+            }
         }
-        if let Some(t) = f.last_failure {
-            self.last_failure.get_or_create(labels).set(t);
-        }
-        if let Some((ok, secs)) = f.last_job {
-            self.last_job_success
-                .get_or_create(labels)
-                .set(i64::from(ok));
-            self.last_job_duration.get_or_create(labels).set(secs);
+        match f.last_job {
+            Some((ok, secs)) => {
+                self.last_job_success
+                    .get_or_create(labels)
+                    .set(i64::from(ok));
+                self.last_job_duration.get_or_create(labels).set(secs);
+            }
+            None => {
+                self.last_job_success.remove(labels);
+                self.last_job_duration.remove(labels);
+            }
         }
         if let Ok(mut known) = self.known.lock() {
             known.insert(labels.clone());
@@ -254,5 +269,42 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup's series show its own figures: one without a figure (deleted and created
+    /// again under the same name) loses the earlier one's series.
+    #[test]
+    fn a_figure_a_backup_does_not_have_is_not_exported_for_it() {
+        let metrics = Metrics::new(Registry::default());
+        let labels = BackupLabels {
+            namespace: "ns".into(),
+            kind: "VolumeBackup",
+            name: "db".into(),
+        };
+        metrics.backups.record(
+            &labels,
+            &BackupFigures {
+                last_success: Some(1_700_000_000),
+                last_failure: Some(1_700_000_100),
+                last_job: Some((false, 12.5)),
+            },
+        );
+        let text = metrics.render();
+        for name in [
+            "backup_last_success_timestamp_seconds{",
+            "backup_last_failure_timestamp_seconds{",
+            "backup_last_job_success{",
+            "backup_last_job_duration_seconds{",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+        metrics.backups.record(&labels, &BackupFigures::default());
+        let text = metrics.render();
+        assert!(!text.contains("name=\"db\""), "{text}");
     }
 }

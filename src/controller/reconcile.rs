@@ -10,6 +10,7 @@ use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -525,12 +526,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         ));
         None
     } else if conflict {
-        observed.push(Observed::new(
-            status::READY,
-            false,
-            "CronJobConflict",
-            format!("CronJob {cj_name} exists and is not owned by this {kind}; rename one of them"),
-        ));
+        observed.push(conflict_condition(existing.as_ref(), kind, &name, &cj_name));
         None
     } else {
         let current = existing.filter(|cj| already_applied(cj, &desired, &ctx.injector));
@@ -657,7 +653,14 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
 
     // Jobs: the later of what the status already says and what the Jobs still show (history
     // limits delete old Jobs).
-    let owned = owned_jobs(ctx, kind, &ns, &name).await?;
+    let owned = owned_jobs(
+        ctx,
+        kind,
+        &ns,
+        &name,
+        obj.meta().creation_timestamp.as_ref(),
+    )
+    .await?;
     let finished: Vec<_> = owned.iter().filter_map(|j| status::finished(j)).collect();
     let newest_ok = finished.iter().filter(|f| f.succeeded).map(|f| f.at).max();
     let newest_failed = finished
@@ -890,16 +893,61 @@ async fn report_failure<K: Reconciled>(
 /// reconciles of a leadership term, while that list is in flight) by a LIST, so a status never
 /// misses a Job. The cache holds only this kind's Jobs, slimmed; scanning it is far cheaper
 /// than the LIST it replaces.
+/// `Ready=False` for a CronJob of the generated name that this backup does not own.
+fn conflict_condition(
+    existing: Option<&CronJob>,
+    kind: &str,
+    name: &str,
+    cj_name: &str,
+) -> Observed {
+    // Deleted and created again at once (`kubectl replace --force`): the garbage collector has
+    // yet to delete the earlier one's CronJob, and that deletion reconciles this one.
+    let earlier = existing.is_some_and(|cj| {
+        cj.owner_references()
+            .iter()
+            .any(|o| o.kind == kind && o.name == name)
+    });
+    if earlier {
+        Observed::new(
+            status::READY,
+            false,
+            "EarlierCronJobPending",
+            format!(
+                "CronJob {cj_name} belongs to an earlier {kind} of this name, which was deleted; it is replaced once the garbage collector has deleted it"
+            ),
+        )
+    } else {
+        Observed::new(
+            status::READY,
+            false,
+            "CronJobConflict",
+            format!("CronJob {cj_name} exists and is not owned by this {kind}; rename one of them"),
+        )
+    }
+}
+
+/// Whether `job` is one of the backup `name`'s: created by its CronJob, and since `created`. A
+/// Job from before is an earlier backup's of the same name (deleted and created again), whose
+/// history is not this one's.
+fn is_backups_job(job: &Job, ns: &str, name: &str, created: Option<&Time>) -> bool {
+    job.metadata.namespace.as_deref() == Some(ns)
+        && job
+            .annotations()
+            .get(labels::OWNER_NAME)
+            .map(String::as_str)
+            == Some(name)
+        && job.metadata.creation_timestamp.as_ref() >= created
+}
+
+/// The Jobs of the backup `name` ([`is_backups_job`]).
 async fn owned_jobs(
     ctx: &Context,
     kind: &str,
     ns: &str,
     name: &str,
+    created: Option<&Time>,
 ) -> Result<Vec<Arc<Job>>, Error> {
-    let ours = |j: &Job| {
-        j.metadata.namespace.as_deref() == Some(ns)
-            && j.annotations().get(labels::OWNER_NAME).map(String::as_str) == Some(name)
-    };
+    let ours = |j: &Job| is_backups_job(j, ns, name, created);
     if store_ready(&ctx.jobs) {
         return Ok(ctx.jobs.state_filter(ours));
     }
@@ -1233,5 +1281,59 @@ mod tests {
         assert!(inject::mutate(body.clone(), &injector).patch.is_empty());
         let stored: CronJob = serde_json::from_value(body).unwrap();
         assert!(already_applied(&stored, &desired, &injector));
+    }
+
+    /// A CronJob left by an earlier backup of the same name (deleted and created again) is
+    /// waited for, not reported as a conflict to rename; its Jobs are not this backup's.
+    #[test]
+    fn an_earlier_backup_of_the_same_name_is_told_apart() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+        let owned_by = |kind: &str, name: &str| CronJob {
+            metadata: ObjectMeta {
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "backups.k8s.bnerd.com/v1".into(),
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: "old-uid".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let earlier = owned_by("VolumeBackup", "db");
+        let c = conflict_condition(Some(&earlier), "VolumeBackup", "db", "db-backup");
+        assert_eq!(c.reason, "EarlierCronJobPending");
+        let foreign = owned_by("S3Backup", "db");
+        let c = conflict_condition(Some(&foreign), "VolumeBackup", "db", "db-backup");
+        assert_eq!(
+            (c.reason.as_str(), c.message.as_str()),
+            (
+                "CronJobConflict",
+                "CronJob db-backup exists and is not owned by this VolumeBackup; rename one of them"
+            )
+        );
+
+        let at = |s: i64| Some(Time(Timestamp::from_second(s).unwrap()));
+        let job = |created: i64| Job {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                annotations: Some([(labels::OWNER_NAME.to_owned(), "db".to_owned())].into()),
+                creation_timestamp: at(created),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let created = at(1_000);
+        assert!(is_backups_job(&job(1_000), "ns", "db", created.as_ref()));
+        assert!(is_backups_job(&job(2_000), "ns", "db", created.as_ref()));
+        assert!(!is_backups_job(&job(999), "ns", "db", created.as_ref()));
+        assert!(!is_backups_job(
+            &job(2_000),
+            "other",
+            "db",
+            created.as_ref()
+        ));
+        assert!(!is_backups_job(&job(2_000), "ns", "web", created.as_ref()));
     }
 }
