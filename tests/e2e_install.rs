@@ -513,3 +513,80 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
     assert!(op.log().contains("listed after the grace"), "{}", op.log());
     let _ = OPERATOR;
 }
+
+/// `tools/set-image` points the install at an image (a registry with a port, a tag or a
+/// digest), and the injected notifier follows it; anything else is refused without a change.
+#[test]
+fn set_image_points_the_operator_and_the_notifier_at_one_image() {
+    let cp = ControlPlane::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &str| {
+        let out = std::process::Command::new("cp")
+            .args(["-r", &repo(from)])
+            .arg(dir.path().join(from))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::create_dir(dir.path().join("tools")).unwrap();
+    copy("manifests");
+    copy("tools/set-image");
+    let set_image = |image: &str| {
+        std::process::Command::new(dir.path().join("tools/set-image"))
+            .arg(image)
+            .output()
+            .unwrap()
+    };
+    let digest = format!(
+        "registry.example.com:5000/backup-operator@sha256:{}",
+        "ab".repeat(32)
+    );
+    for image in [
+        "registry.example.com:5000/backup-operator:0.1.0",
+        digest.as_str(),
+    ] {
+        let out = set_image(image);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for kustomization in ["manifests", "manifests/overlays/cert-manager"] {
+            let rendered = kubectl_ok(
+                cp,
+                &[
+                    "kustomize",
+                    dir.path().join(kustomization).to_str().unwrap(),
+                ],
+            );
+            assert!(
+                rendered.contains(&format!("image: {image}\n")),
+                "{kustomization}: {rendered}"
+            );
+            let notifier = rendered
+                .lines()
+                .skip_while(|l| !l.contains("name: BACKUP_OPERATOR_NOTIFIER_IMAGE"))
+                .nth(1)
+                .unwrap_or_default()
+                .trim();
+            assert_eq!(notifier, format!("value: {image}"), "{kustomization}");
+        }
+    }
+    let before = std::fs::read_to_string(dir.path().join("manifests/kustomization.yaml")).unwrap();
+    for bad in [
+        "localhost:5000/backup-operator",
+        "backup-operator@sha256:abc",
+        "--help",
+    ] {
+        let out = set_image(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("usage: tools/set-image"), "{bad}: {stderr}");
+    }
+    let after = std::fs::read_to_string(dir.path().join("manifests/kustomization.yaml")).unwrap();
+    assert_eq!(before, after);
+}
