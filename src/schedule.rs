@@ -106,7 +106,10 @@ fn check_item(item: &str, f: &Field) -> Result<(), String> {
         Some((r, s)) => (r, Some(s)),
         None => (item, None),
     };
-    let (start, end) = if range == "*" || range == "?" {
+    // As robfig/cron's getRange: a `*` or `?` before a hyphen is the whole range, and whatever
+    // follows the hyphen is not looked at (`*-5` is every minute).
+    let low = range.split('-').next().unwrap_or(range);
+    let (start, end) = if low == "*" || low == "?" {
         (f.min, f.max)
     } else {
         match range.split_once('-') {
@@ -122,10 +125,11 @@ fn check_item(item: &str, f: &Field) -> Result<(), String> {
         return Err(format!("range start {start} is after its end {end}"));
     }
     if let Some(step) = step {
-        let n: u32 = step
+        // Go's strconv.Atoi: any 64-bit integer, however far beyond the range.
+        let n: i64 = step
             .parse()
             .map_err(|_| format!("step {step:?} is not a number"))?;
-        if n == 0 {
+        if n <= 0 {
             return Err("step must be a positive number".into());
         }
     }
@@ -195,6 +199,10 @@ mod tests {
             "@midnight",
             // Five fields are split on whitespace, so spaces around them are fine.
             "\t0 3 * * *\n",
+            // robfig/cron reads `*` before a hyphen as the whole range, and steps as 64-bit.
+            "*-5 * * * *",
+            "?-x/2 * * * *",
+            "*/99999999999 * * * *",
         ] {
             assert_eq!(check_schedule(ok), Ok(()), "{ok}");
         }
@@ -214,6 +222,8 @@ mod tests {
             ("* * * *", "has 4 fields"),
             ("* * * * * *", "has 6 fields"),
             ("*/0 * * * *", "step must be a positive number"),
+            ("*/-1 * * * *", "step must be a positive number"),
+            ("*/99999999999999999999 * * * *", "is not a number"),
             ("5-1 * * * *", "range start 5 is after its end 1"),
             ("a * * * *", "\"a\" is not a number"),
             ("@every 5m", "@every is not supported"),

@@ -237,3 +237,64 @@ async fn the_crd_schema_rejects_what_it_can_express() {
         assert!(stderr.contains(want), "{stderr}\n(wanted {want:?})");
     }
 }
+
+/// `spec.schedule` is checked as the CronJob API checks it: for each schedule, the webhook's
+/// check and the apiserver's own validation of an (unlabelled, so unchecked by us) CronJob
+/// agree, including the corners of robfig/cron's parser.
+#[test]
+fn the_schedule_check_agrees_with_the_cron_job_api() {
+    let cp = ControlPlane::shared();
+    let mut disagreements = Vec::new();
+    for schedule in [
+        "0 3 * * *",
+        "*/15 * * * *",
+        "5/10 1-5,7 ? * *",
+        "0 0 * JAN-MAR mon-fri",
+        "*-5 * * * *",
+        "?-x/2 * * * *",
+        "*/99999999999 * * * *",
+        "@daily",
+        "@midnight",
+        "61 * * * *",
+        "* * * * 7",
+        "*/0 * * * *",
+        "*/-1 * * * *",
+        "5-1 * * * *",
+        "1-2-3 * * * *",
+        "1/2/3 * * * *",
+        "0 3 * * L",
+        "@Daily",
+        " @daily",
+        "* * * *",
+    ] {
+        let cron_job = format!(
+            r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: schedule-check, namespace: default}}
+spec:
+  schedule: "{schedule}"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{{name: c, image: busybox, command: ["true"]}}]
+"#
+        );
+        let out = kubectl_stdin(cp, &["create", "--dry-run=server", "-f", "-"], &cron_job);
+        let ours = backup_operator::schedule::check_schedule(schedule);
+        if out.status.success() != ours.is_ok() {
+            disagreements.push(format!(
+                "{schedule:?}: apiserver {}, ours {ours:?}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    // Refused on purpose although the API takes it: a constant delay from the controller's
+    // start, not a schedule (README).
+    assert!(
+        backup_operator::schedule::check_schedule("@every 5m")
+            .is_err_and(|e| e.contains("@every is not supported"))
+    );
+}

@@ -66,6 +66,10 @@ fn apply(doc: &Value, ops: &[json_patch::PatchOperation]) -> Value {
     out
 }
 
+fn pod_mut(cj: &mut Value) -> &mut Value {
+    &mut cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+}
+
 fn pod(cj: &Value) -> &Value {
     &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 }
@@ -252,6 +256,73 @@ fn a_changed_url_updates_the_notifier_in_place() {
         pod(&twice)["containers"][0]["command"],
         pod(&once)["containers"][0]["command"],
         "wrapped once, not twice"
+    );
+}
+
+/// The injector's own entries are exactly what its configuration says: a field left by an
+/// earlier configuration (a dropped CPU limit) or added by hand (`readOnly` on the notifier's
+/// mount, which would keep the wrapper from recording the outcome) is replaced, once.
+#[test]
+fn fields_left_in_the_injectors_entries_are_replaced() {
+    let mut limited = config(NotifierMode::Sidecar);
+    limited.resources["limits"]["cpu"] = json!("100m");
+    let cfg = config(NotifierMode::Sidecar);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let mut once = apply(&cj, &inject::mutate(cj.clone(), &limited).patch);
+    let mounts = &mut pod_mut(&mut once)["containers"][0]["volumeMounts"];
+    assert_eq!(mounts[0]["name"], "backup-notifier");
+    mounts[0]["readOnly"] = json!(true);
+    let m = inject::mutate(once.clone(), &cfg);
+    let twice = apply(&once, &m.patch);
+    for c in pod(&twice)["initContainers"].as_array().unwrap() {
+        assert_eq!(c["resources"]["limits"], json!({"memory": "64Mi"}), "{c}");
+    }
+    assert_eq!(
+        pod(&twice)["containers"][0]["volumeMounts"],
+        json!([{"name": "backup-notifier", "mountPath": "/backup-notifier"}])
+    );
+    assert!(inject::mutate(twice, &cfg).patch.is_empty());
+}
+
+/// Moving `notify-container` to another container takes the wrapper and the mount out of the
+/// old one.
+#[test]
+fn a_new_target_leaves_nothing_in_the_old_one() {
+    let cfg = config(NotifierMode::Sidecar);
+    let spec = json!({"restartPolicy": "Never", "containers": [
+        {"name": "a", "image": "i", "command": ["run-a"]},
+        {"name": "b", "image": "i", "command": ["run-b"], "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+    ]});
+    let mut ann = default_annotations();
+    ann["backups.k8s.bnerd.com/notify-container"] = json!("a");
+    let cj = cron_job(spec.clone(), ann);
+    let mut once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    once["metadata"]["annotations"]["backups.k8s.bnerd.com/notify-container"] = json!("b");
+    let twice = apply(&once, &inject::mutate(once.clone(), &cfg).patch);
+    assert_eq!(pod(&twice)["containers"][0], spec["containers"][0]);
+    assert_eq!(
+        pod(&twice)["containers"][1]["volumeMounts"],
+        json!([{"name": "data", "mountPath": "/data"}, {"name": "backup-notifier", "mountPath": "/backup-notifier"}])
+    );
+    assert!(inject::mutate(twice, &cfg).patch.is_empty());
+}
+
+/// A target that already mounts something at the notifier's path would make a pod template the
+/// apiserver refuses: nothing is injected, and the warning says why.
+#[test]
+fn a_target_using_the_notifiers_mount_path_is_left_alone_with_a_warning() {
+    let cfg = config(NotifierMode::Sidecar);
+    let mut spec = restic_pod();
+    spec["containers"][0]["volumeMounts"] =
+        json!([{"name": "data", "mountPath": "/backup-notifier/"}]);
+    let cj = cron_job(spec, default_annotations());
+    let m = inject::mutate(cj, &cfg);
+    assert!(m.patch.is_empty(), "{:?}", m.patch);
+    assert_eq!(
+        m.warnings,
+        [
+            "backup-operator: container \"backup\" mounts volume \"data\" at /backup-notifier, the path the notifier's files are mounted at; mount it elsewhere to receive notifications. No notification will be sent"
+        ]
     );
 }
 

@@ -329,6 +329,27 @@ fn requests_and_limits_must_be_quantities_the_apiserver_takes() {
     );
 }
 
+/// Names the apiserver refuses on the backup container (or wants more than a quantity for),
+/// and claims the pod has nothing to back, are denied at admission, not found on the CronJob.
+#[test]
+fn resources_other_than_cpu_memory_and_ephemeral_storage_are_denied() {
+    let mut obj = volume_backup(None, None);
+    obj["spec"]["resources"] = json!({
+        "requests": {"storage": "1Gi", "cpu": "100m"},
+        "limits": {"nvidia.com/gpu": "1"},
+        "claims": [{"name": "x"}],
+    });
+    let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "spec.resources.requests[storage]: \"storage\" is not a resource the backup container takes: cpu, memory or ephemeral-storage",
+            "spec.resources.limits[nvidia.com/gpu]: \"nvidia.com/gpu\" is not a resource the backup container takes: cpu, memory or ephemeral-storage",
+            "spec.resources.claims: the backup pod has no resourceClaims to refer to; the apiserver would refuse the CronJob",
+        ]
+    );
+}
+
 #[test]
 fn descriptors_are_admitted_only_as_the_cron_job_api_spells_them() {
     for ok in ["@daily", "@hourly", "@midnight", " 0 3 * * * "] {

@@ -285,6 +285,7 @@ impl Checker<'_> {
     /// apiserver would refuse the CronJob, and the backups with it, long after the resource was
     /// accepted.
     fn resources(&mut self, new: &CommonSpec, old: Option<&CommonSpec>) {
+        const BACKUP_CONTAINER_RESOURCES: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
         type List<'a> = Option<&'a BTreeMap<String, Quantity>>;
         fn lists(c: &CommonSpec) -> [(&'static str, List<'_>); 2] {
             let r = c.resources.as_ref();
@@ -305,12 +306,33 @@ impl Checker<'_> {
                     previous,
                     None,
                     |_, q| {
+                        // The generated pod has no resourceClaims, and the apiserver wants more
+                        // than a quantity for extended resources and huge pages.
+                        if !BACKUP_CONTAINER_RESOURCES.contains(&name.as_str()) {
+                            return Err((
+                                format!("{name:?} is not a resource the backup container takes: cpu, memory or ephemeral-storage"),
+                                "resource_name",
+                            ));
+                        }
                         crate::quantity::resource(q)
                             .map(|_| vec![])
                             .map_err(|e| (e, "quantity"))
                     },
                 );
             }
+        }
+        let claims = |c: &CommonSpec| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.claims.as_ref())
+                .is_some_and(|c| !c.is_empty())
+        };
+        if claims(new) && !old.is_some_and(claims) {
+            self.deny(
+                "spec.resources.claims",
+                "the backup pod has no resourceClaims to refer to; the apiserver would refuse the CronJob",
+                "resource_name",
+            );
         }
         // A request above its limit: the apiserver refuses the whole pod template.
         let [(_, requests), (_, limits)] = lists(new);

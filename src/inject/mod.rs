@@ -374,6 +374,20 @@ fn injection_target(cron_job: &Value) -> Result<String, Option<String>> {
             annotations::NOTIFY_CONTAINER
         )));
     };
+    // The apiserver refuses two mounts at one path, so the patched CronJob would not be stored.
+    let taken = target["volumeMounts"].as_array().and_then(|mounts| {
+        mounts.iter().find(|m| {
+            m["name"] != pod::VOLUME
+                && m["mountPath"].as_str().map(|p| p.trim_end_matches('/')) == Some(pod::MOUNT_PATH)
+        })
+    });
+    if let Some(m) = taken {
+        return Err(Some(format!(
+            "backup-operator: container {target_name:?} mounts volume {} at {}, the path the notifier's files are mounted at; mount it elsewhere to receive notifications. No notification will be sent",
+            m["name"],
+            pod::MOUNT_PATH
+        )));
+    }
     if target["command"].as_array().is_none_or(Vec::is_empty) {
         return Err(Some(format!(
             "backup-operator: container {target_name:?} has no command, so it cannot be wrapped (the image's entrypoint is unknown at admission); set command to receive notifications. No notification will be sent"
@@ -551,7 +565,7 @@ fn ensure_named(b: &mut PatchBuilder, list: &str, name: &str, value: Value, at: 
         Some(i) => {
             let mut p = path;
             p.push_back(i.to_string());
-            b.ensure(p, value);
+            b.ensure_owned(p, value);
         }
         None => {
             let mut p = path;
@@ -725,6 +739,7 @@ enum Planned {
     Wrap,
     /// Take them off again.
     Unwrap,
+    Remove,
 }
 
 // Only the wrapper's words are patched, at the front of the command as it is: the command (the
@@ -767,9 +782,19 @@ fn wrap_target(b: &mut PatchBuilder, target: &str) {
         let mut p = base.clone();
         p.push_back("command");
         if name != target {
-            // The target moved (annotation changed): leave no stale wrapper behind.
+            // The target moved (annotation changed): leave no stale wrapper, or mount, behind.
             if is_wrapped(command) {
                 plan.push((Planned::Unwrap, p, Value::Null));
+                let mounts = c["volumeMounts"].as_array();
+                if let Some(j) = mounts.and_then(|m| m.iter().position(is_notifier_mount)) {
+                    // The only mount: the list goes too, as it was before the injection.
+                    let mut p = base;
+                    p.push_back("volumeMounts");
+                    if mounts.is_some_and(|m| m.len() > 1) {
+                        p.push_back(j.to_string());
+                    }
+                    plan.push((Planned::Remove, p, Value::Null));
+                }
             }
             continue;
         }
@@ -797,9 +822,10 @@ fn wrap_target(b: &mut PatchBuilder, target: &str) {
     for (op, path, value) in plan {
         match op {
             Planned::Add => b.add(path, value),
-            Planned::Ensure => b.ensure(path, value),
+            Planned::Ensure => b.ensure_owned(path, value),
             Planned::Wrap => wrap_command(b, &path),
             Planned::Unwrap => unwrap_command(b, &path),
+            Planned::Remove => b.remove(path),
         }
     }
 }

@@ -64,6 +64,18 @@ impl PatchBuilder {
         }
     }
 
+    /// Sets `path` to `value`, an entry the injector owns whole, unless what is there is `value`
+    /// plus at most what the apiserver defaults in ([`is_owned_as`]). A field an earlier
+    /// injection left (the CPU limit of a dropped flag) or a user added (`readOnly` on the
+    /// notifier's mount) is replaced with it.
+    pub fn ensure_owned(&mut self, path: PointerBuf, value: Value) {
+        match self.get(&path) {
+            Some(current) if is_owned_as(current, &value) => {}
+            Some(_) => self.replace(path, value),
+            None => self.add(path, value),
+        }
+    }
+
     pub fn into_ops(self) -> (Vec<PatchOperation>, Value) {
         (self.ops, self.doc)
     }
@@ -141,6 +153,33 @@ pub fn contains(have: &Value, want: &Value) -> bool {
         }),
         (Value::Array(h), Value::Array(w)) => {
             h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv))
+        }
+        _ => have == want,
+    }
+}
+
+/// The fields the apiserver sets on the injector's entries when they are absent: a
+/// container's termination message and pull policy, a ConfigMap volume's mode.
+const DEFAULTED: [&str; 4] = [
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "imagePullPolicy",
+    "defaultMode",
+];
+
+/// [`contains`], and nothing more in `have` than [`DEFAULTED`] fields.
+pub fn is_owned_as(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => {
+            h.keys()
+                .all(|k| w.contains_key(k) || DEFAULTED.contains(&k.as_str()))
+                && w.iter().all(|(k, wv)| match h.get(k) {
+                    Some(hv) => is_owned_as(hv, wv),
+                    None => is_empty(wv),
+                })
+        }
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| is_owned_as(hv, wv))
         }
         _ => have == want,
     }
