@@ -150,7 +150,8 @@ pub struct S3Source {
         regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
     )]
     pub bucket: String,
-    /// Only objects under this prefix are copied.
+    /// Only objects in this folder of the bucket are copied: a path such as `photos/2024`, not
+    /// the start of a name (`photos/20` copies nothing, which fails the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub prefix: Option<String>,
@@ -177,16 +178,27 @@ pub struct Repository {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    #[schemars(length(min = 1, max = 253))]
+    /// A Secret in the resource's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME))]
     pub name: String,
-    #[schemars(length(min = 1, max = 253))]
+    /// A key of that Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    #[x_kube(validation = kube::core::Rule::new("self != '.' && !self.startsWith('..')").message("must not be '.' or start with '..'"))]
     pub key: String,
 }
+
+// What the apiserver takes in a pod's Secret references: checked on the resource, so a name it
+// would refuse on the CronJob is refused when the resource is applied, naming the field.
+/// A DNS-1123 subdomain.
+const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A ConfigMap or Secret key.
+const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
-    #[schemars(length(min = 1, max = 253))]
+    /// A Secret in the resource's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME))]
     pub name: String,
 }
 

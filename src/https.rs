@@ -41,8 +41,13 @@ const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection, and hyper's buffers, for good. The apiserver reads each answer at once.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections beyond this wait in the listen backlog, so a flood of idle connections costs
-/// a bounded amount of memory (a TLS connection's buffers are tens of KiB).
+/// a bounded amount of memory: a TLS connection's buffers are tens of KiB, plus hyper's read
+/// buffer of at most [`MAX_READ_BUFFER`].
 pub const MAX_CONNECTIONS: usize = 1024;
+/// hyper's read buffer per connection, which holds a request head while it arrives. Its default
+/// (about 400 KiB) let a client that never ends its headers hold that much per connection; the
+/// apiserver's and the probes' heads are well under 2 KiB. Bodies stream through it in pieces.
+const MAX_READ_BUFFER: usize = 32 * 1024;
 
 /// Binds the listener; separate from [`serve`] so bind errors surface before anything else runs.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -140,6 +145,7 @@ async fn serve_connection<I>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
+        .max_buf_size(MAX_READ_BUFFER)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
     let served = async move {

@@ -24,6 +24,7 @@ pub mod notifier;
 pub mod quantity;
 pub mod schedule;
 pub mod serve;
+pub mod text;
 pub mod tls;
 pub mod url_policy;
 pub mod webhook_config;

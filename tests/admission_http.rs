@@ -35,6 +35,11 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
     beta["apiVersion"] = json!("admission.k8s.io/v1beta1");
     let full = serde_json::to_vec(&valid).unwrap();
     let truncated = full[..full.len() / 2].to_vec();
+    // Small in bytes, huge once decoded: a hundred thousand empty tolerations.
+    let mut swollen = valid.clone();
+    swollen["request"]["object"]["spec"]["tolerations"] = json!(vec![json!({}); 100_001]);
+    let mut forged = valid.clone();
+    forged["request"]["operation"] = json!(format!("X\n{}", "y".repeat(1_000_000)));
 
     // (case, method, content type, body, expected status, text the one-line answer contains)
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
@@ -112,6 +117,22 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
             400,
             "admission.k8s.io/v1",
         ),
+        (
+            "too many JSON values",
+            "POST",
+            json,
+            serde_json::to_vec(&swollen).unwrap(),
+            400,
+            "more than 100000 JSON values",
+        ),
+        (
+            "a long forged operation",
+            "POST",
+            json,
+            serde_json::to_vec(&forged).unwrap(),
+            400,
+            "unknown variant",
+        ),
     ];
     for (name, method, ct, body, want, text) in cases {
         let mut conn = connect(op.https, tls.clone()).await;
@@ -119,7 +140,30 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
         assert_eq!(status, want, "{name}: {body}");
         assert!(body.contains(text), "{name}: {body:?} lacks {text:?}");
         assert!(one_line(&body), "{name}: not one line: {body:?}");
+        assert!(body.len() < 2048, "{name}: {} bytes", body.len());
     }
+
+    // A request head that never ends is cut off at hyper's read buffer, not held whole.
+    let mut raw = raw_tls(&op, tls.clone()).await;
+    raw.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        .await
+        .unwrap();
+    let _ = raw.write_all(&[b'a'; 64 * 1024]).await;
+    let _ = raw.flush().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // A client that goes away while its body is still arriving leaves nothing in flight.
+    let mut raw = raw_tls(&op, tls.clone()).await;
+    raw.write_all(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    wait_in_flight(&op, 1).await;
+    drop(raw);
+    wait_in_flight(&op, 0).await;
 
     // A body over the limit whose length is not announced (chunked; an announced one is refused
     // before it is read, see below). Sent by hand: the server answers 413 and closes as soon as

@@ -482,4 +482,25 @@ async fn an_s3_backup_copies_the_bucket_backs_it_up_and_notifies() {
         req.json().unwrap(),
         json!({"status": "failure", "message": "S3 backup failed", "host": format!("{ns}-no-such-bucket"), "volume": "no-such-bucket"})
     );
+
+    // A prefix that is the start of a name, not a folder, copies nothing: that fails the run
+    // instead of snapshotting an empty directory as a backup of the bucket.
+    let rx = Receiver::http(Reply::Status(200));
+    apply(
+        c,
+        &s3_backup(ns, "partial-prefix", "photos", &s3, &rx).replace(
+            "    bucket: photos\n",
+            "    bucket: photos\n    prefix: albums/20\n",
+        ),
+    );
+    let cj = stored_cron_job(&client, ns, "partial-prefix").await;
+    let report = pod_runner.run(&pod_spec(&cj)).unwrap();
+    assert_eq!(report.phase, PodPhase::Failed, "{report:#?}");
+    assert_eq!(
+        report.container("backup").unwrap().exit_code,
+        None,
+        "the backup must not run"
+    );
+    let req = one_payload(&rx, "empty copy");
+    assert_eq!(req.json().unwrap()["status"], "failure");
 }

@@ -298,3 +298,56 @@ spec:
             .is_err_and(|e| e.contains("@every is not supported"))
     );
 }
+
+/// Secret references are checked by the CRD's schema as the apiserver checks them on a pod, so
+/// a name it would refuse on the CronJob is refused when the backup is applied, naming the field.
+#[test]
+fn secret_references_the_pod_api_would_refuse_are_refused_at_apply() {
+    let cp = ControlPlane::shared();
+    let backup = |name: &str, key: &str| {
+        format!(
+            r#"apiVersion: backups.k8s.bnerd.com/v1
+kind: VolumeBackup
+metadata: {{name: secret-refs, namespace: default}}
+spec:
+  volumeClaimRef: {{name: data}}
+  schedule: "0 3 * * *"
+  repository: {{url: "s3:https://s3.example.com/b", passwordSecretRef: {{name: "{name}", key: "{key}"}}}}
+"#
+        )
+    };
+    for (name, key, field) in [
+        (
+            "Restic_Password",
+            "password",
+            "spec.repository.passwordSecretRef.name",
+        ),
+        (
+            "restic",
+            "pass word",
+            "spec.repository.passwordSecretRef.key",
+        ),
+        ("restic", "..data", "spec.repository.passwordSecretRef.key"),
+    ] {
+        let out = kubectl_stdin(
+            cp,
+            &["create", "--dry-run=server", "-f", "-"],
+            &backup(name, key),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(field),
+            "{name}/{key}: {stderr}"
+        );
+    }
+    let out = kubectl_stdin(
+        cp,
+        &["create", "--dry-run=server", "-f", "-"],
+        &backup("restic-password.v2", "RESTIC_PASSWORD-1.x"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -350,6 +350,33 @@ fn resources_other_than_cpu_memory_and_ephemeral_storage_are_denied() {
     );
 }
 
+/// A path repository lives in the backup pod, which is deleted after each run: admitted (api.md
+/// allows it) with a warning that nothing is kept; remote backends are not warned about.
+#[test]
+fn a_local_repository_is_warned_about() {
+    for (url, warned) in [
+        ("/repo", true),
+        ("local:/srv/restic", true),
+        ("repo", true),
+        ("s3:https://s3.example.com/b", false),
+        ("b2:bucket:path", false),
+        ("rest:https://user@host:8000/", false),
+        ("rclone:remote:path", false),
+    ] {
+        let mut obj = volume_backup(None, None);
+        obj["spec"]["repository"]["url"] = json!(url);
+        let (denials, warnings) = verdict(vb(obj), &UrlPolicy::default());
+        assert!(denials.is_empty(), "{url}: {denials:?}");
+        assert_eq!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("spec.repository.url:") && w.contains("no backup is kept")),
+            warned,
+            "{url}: {warnings:?}"
+        );
+    }
+}
+
 #[test]
 fn descriptors_are_admitted_only_as_the_cron_job_api_spells_them() {
     for ok in ["@daily", "@hourly", "@midnight", " 0 3 * * * "] {

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::inject::{self, InjectorConfig};
 use crate::metrics::{DecisionLabels, DenialLabels, Metrics, WebhookLabels};
+use crate::text;
 use crate::url_policy::UrlPolicy;
 pub use review::{
     Answer, MutateRequest, ValidateRequest, decode_mutate_review, decode_validate_review,
@@ -108,9 +109,17 @@ async fn observe(State(state): State<Arc<AdmissionState>>, req: Request, next: N
         _ => "other",
     };
     let started = Instant::now();
+    // Decremented on drop: hyper drops the handler of a client that goes away mid-request.
+    struct InFlight(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
     state.metrics.webhook_in_flight.inc();
+    let in_flight = InFlight(state.metrics.webhook_in_flight.clone());
     let response = next.run(req).await;
-    state.metrics.webhook_in_flight.dec();
+    drop(in_flight);
     let labels = WebhookLabels {
         webhook,
         code: response.status().as_u16(),
@@ -332,7 +341,7 @@ async fn mutate_handler(
     let answer = match unchanged.with_patch(&patch) {
         Ok(a) => a,
         Err(e) => {
-            tracing::error!(uid = ?req.uid, error = %e, "cannot encode the patch; leaving the CronJob unchanged");
+            tracing::error!(uid = ?text::truncated(&req.uid, text::QUOTE_MAX), error = %e, "cannot encode the patch; leaving the CronJob unchanged");
             Answer::allow(&req.uid)
         }
     };
@@ -340,10 +349,10 @@ async fn mutate_handler(
     count_decision(&state, "mutate", &req.kind.kind, decision);
     log_decision!(
         ops > 0 || warnings > 0,
-        uid = ?req.uid,
-        kind = ?req.kind.kind,
-        namespace = req.namespace.as_deref().unwrap_or(""),
-        name = ?req.name,
+        uid = ?text::truncated(&req.uid, text::QUOTE_MAX),
+        kind = ?text::truncated(&req.kind.kind, text::QUOTE_MAX),
+        namespace = ?text::truncated(req.namespace.as_deref().unwrap_or(""), text::QUOTE_MAX),
+        name = ?text::truncated(&req.name, text::QUOTE_MAX),
         operation = ?req.operation,
         decision,
         injected,
@@ -405,10 +414,10 @@ async fn validate_handler(
     count_decision(&state, "validate", &kind, decision);
     log_decision!(
         !verdict.denials.is_empty() || !verdict.warnings.is_empty(),
-        uid = ?req.uid,
-        kind = ?kind,
-        namespace = req.namespace.as_deref().unwrap_or(""),
-        name = ?req.name,
+        uid = ?text::truncated(&req.uid, text::QUOTE_MAX),
+        kind = ?text::truncated(&kind, text::QUOTE_MAX),
+        namespace = ?text::truncated(req.namespace.as_deref().unwrap_or(""), text::QUOTE_MAX),
+        name = ?text::truncated(&req.name, text::QUOTE_MAX),
         operation = ?req.operation,
         decision,
         denials = verdict.denials.len(),

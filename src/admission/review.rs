@@ -24,6 +24,8 @@ use crate::inject;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 const KIND: &str = "AdmissionReview";
+/// Most JSON values (objects, arrays, and elements after the first) a review may hold.
+pub const MAX_JSON_VALUES: usize = 100_000;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -37,12 +39,25 @@ struct Envelope<R> {
 /// answered in a version the apiserver did not ask for).
 fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
     let bad = |m: String| BadRequest(StatusCode::BAD_REQUEST, m);
+    // Typed decoding builds far more than the bytes it reads (a 3-byte `{}` in a list becomes
+    // a struct of a hundred bytes, first buffered by serde's flatten), so the number of values,
+    // not only the body's size, must be bounded before it starts. A review of a backup or a
+    // CronJob holds a few thousand at most; this bounds what a forged one can make it build.
+    let values = bytes
+        .iter()
+        .filter(|b| matches!(b, b'{' | b'[' | b','))
+        .count();
+    if values > MAX_JSON_VALUES {
+        return Err(bad(format!(
+            "request body holds more than {MAX_JSON_VALUES} JSON values; an AdmissionReview of a backup or a CronJob holds far fewer"
+        )));
+    }
     // serde's message quotes what it could not take ("unknown variant ..."), which in a forged
-    // request may hold line breaks: escaped, the answer and the log stay one line each.
+    // request may be long and hold line breaks: the answer and the log stay one short line.
     let review: Envelope<R> = serde_json::from_slice(bytes).map_err(|e| {
         bad(format!(
             "request body is not an AdmissionReview: {}",
-            escape_controls(&e.to_string())
+            crate::text::escape_controls(&crate::text::truncated(&e.to_string(), 1024))
         ))
     })?;
     if review.api_version != API_VERSION || review.kind != KIND {
@@ -54,19 +69,6 @@ fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
     review
         .request
         .ok_or_else(|| bad(format!("{KIND} has no request")))
-}
-
-/// `s` with its control characters escaped (`\n`, `\u{1b}`).
-fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// What a webhook reads of a request: the same fields for both, the objects as each needs them

@@ -372,6 +372,15 @@ impl Checker<'_> {
 
     fn common(&mut self, new: &CommonSpec, old: Option<&CommonSpec>) {
         self.resources(new, old);
+        // restic takes a path as a local repository, and the backup pod mounts nothing there:
+        // each run would make a repository in the container's own filesystem, report success,
+        // and lose it with the pod.
+        let url = &new.repository.url;
+        if is_local_repository(url) && old.is_none_or(|o| o.repository.url != *url) {
+            self.verdict.warnings.push(format!(
+                "spec.repository.url: {url:?} is a local path inside the backup pod, which is deleted after every run, so no backup is kept; use a remote repository (s3:, rest:, b2:, azure:, gs:, swift:, rclone:)"
+            ));
+        }
         let hooks = |c: &CommonSpec| c.webhooks.clone().unwrap_or_default();
         let (new_hooks, old_hooks) = (hooks(new), old.map(hooks));
         self.url_field(
@@ -468,6 +477,17 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// Whether restic reads `url` as a local repository: `local:` or no `backend:` prefix at all.
+fn is_local_repository(url: &str) -> bool {
+    url.starts_with("local:")
+        || !url.split_once(':').is_some_and(|(backend, _)| {
+            backend.starts_with(|c: char| c.is_ascii_lowercase())
+                && backend
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 /// Short, bounded label for the denial metric.

@@ -254,12 +254,25 @@ impl BackupSource for S3Backup {
             command: Some(vec!["rclone".into()]),
             args: Some(vec![
                 "copy".into(),
+                // Nothing to copy (an empty bucket, a prefix that names no folder) fails the run:
+                // a snapshot of an empty directory would pass for a backup, and the retention
+                // would then prune the snapshots that hold the data.
+                "--error-on-no-transfer".into(),
                 escape_expansion(&format!(":s3:{path}")),
                 SOURCE_DIR.into(),
             ]),
             env: Some(env),
             env_from: Some(vec![secret_env(&src.credentials_secret_ref.name)]),
             volume_mounts: Some(vec![mount("data", SOURCE_DIR, false)]),
+            // The backup's resources: a namespace whose quota requires them refuses a pod with
+            // any container without them, and copying the bucket needs about what backing it
+            // up does.
+            resources: self
+                .spec
+                .common
+                .resources
+                .as_ref()
+                .map(crate::quantity::canonical_resources),
             ..Default::default()
         };
         (vec![scratch], vec![fetch], mount("data", SOURCE_DIR, true))
@@ -691,7 +704,8 @@ mod tests {
         let spec: S3BackupSpec = serde_json::from_value(serde_json::json!({
             "source": {"endpoint": "https://s3.example.com", "bucket": "photos", "prefix": "/2024/$(x)", "region": "eu-1", "credentialsSecretRef": {"name": "src"}},
             "schedule": "@daily",
-            "repository": {"url": "/repo", "passwordSecretRef": {"name": "restic", "key": "pw"}}
+            "repository": {"url": "/repo", "passwordSecretRef": {"name": "restic", "key": "pw"}},
+            "resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}
         }))
         .unwrap();
         let mut r = S3Backup::new("bucket-backup", spec);
@@ -705,7 +719,12 @@ mod tests {
         assert_eq!(fetch.image.as_deref(), Some("rclone:test"));
         assert_eq!(
             fetch.args.as_ref().unwrap(),
-            &["copy", ":s3:photos/2024/$$(x)", "/data"]
+            &[
+                "copy",
+                "--error-on-no-transfer",
+                ":s3:photos/2024/$$(x)",
+                "/data"
+            ]
         );
         let env: BTreeMap<_, _> = fetch
             .env
@@ -716,6 +735,13 @@ mod tests {
             .collect();
         assert_eq!(env["RCLONE_S3_ENDPOINT"], Some("https://s3.example.com"));
         assert_eq!(env["RCLONE_S3_REGION"], Some("eu-1"));
+        // A quota that requires resources refuses the pod unless the copy step has them too.
+        let backup = &pod.containers[0];
+        assert_eq!(fetch.resources, backup.resources);
+        assert_eq!(
+            serde_json::to_value(&fetch.resources).unwrap(),
+            serde_json::json!({"requests": {"cpu": "500m", "memory": "1Gi"}})
+        );
         assert_eq!(
             fetch.env_from.as_ref().unwrap()[0]
                 .secret_ref

@@ -767,19 +767,6 @@ const EVENT_NOTE_MAX: usize = 1024;
 /// The most a condition message holds: admission webhooks can deny with pages of text.
 const CONDITION_MESSAGE_MAX: usize = 4096;
 
-/// `s` cut to at most `max` bytes, on a character boundary, marked when cut.
-fn truncated(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mark = "…";
-    let mut end = max.saturating_sub(mark.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{mark}", &s[..end])
-}
-
 /// Publishes `events` about `obj`; a failure is logged, never fatal (events are best effort).
 async fn publish<K: Reconciled>(ctx: &Context, obj: &K, events: Vec<(EventType, String, String)>) {
     let reference = obj.object_ref(&());
@@ -787,7 +774,7 @@ async fn publish<K: Reconciled>(ctx: &Context, obj: &K, events: Vec<(EventType, 
         let event = Event {
             type_,
             reason,
-            note: Some(truncated(&note, EVENT_NOTE_MAX)),
+            note: Some(crate::text::truncated(&note, EVENT_NOTE_MAX)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -854,7 +841,7 @@ async fn report_failure<K: Reconciled>(
         status::READY,
         false,
         reason,
-        truncated(&error.message(), CONDITION_MESSAGE_MAX),
+        crate::text::truncated(&error.message(), CONDITION_MESSAGE_MAX),
     );
     let (new_status, news) =
         status::with_ready(&previous, &ready, obj.meta().generation, Timestamp::now());
@@ -1219,17 +1206,6 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "not finished within 60s (the Kubernetes API is slow or unreachable)"
-        );
-    }
-
-    #[test]
-    fn long_messages_are_cut_on_a_character_boundary() {
-        assert_eq!(truncated("short", 10), "short");
-        let cut = truncated(&"ä".repeat(600), EVENT_NOTE_MAX);
-        assert!(
-            cut.len() <= EVENT_NOTE_MAX && cut.ends_with('…'),
-            "{}",
-            cut.len()
         );
     }
 
