@@ -18,7 +18,7 @@ fn one_line(body: &str) -> bool {
 async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = dev_certs(dir.path());
-    let op = Operator::start(&cert, &key, &["--no-controller"]);
+    let mut op = Operator::start(&cert, &key, &["--no-controller"]);
     let tls = tls_client(&ca.cert);
     let json = Some("application/json");
 
@@ -224,7 +224,10 @@ async fn hostile_requests_get_clear_status_codes_and_the_server_keeps_serving() 
             "spec.webhooks.failure: scheme \"ftp\" is not allowed; use https:// or http://"
         );
     }
-    assert!(op.child.id() > 0);
+    assert!(
+        op.child.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
     let metrics = fixtures::http_get(op.admin, "/metrics").await.1;
     assert!(
         metrics
@@ -323,12 +326,30 @@ async fn mutate_answers_a_base64_json_patch() {
             "containers": [{"name": "backup", "image": "restic/restic", "command": ["restic", "backup", "/data"]}],
         }}}}},
     });
+    // First one the injector leaves unchanged: logged at DEBUG only, unlike the patch below.
+    let mut plain = cron_job.clone();
+    plain["metadata"]["name"] = json!("plain");
+    plain["metadata"]["labels"] = json!({});
+    let plain = serde_json::to_vec(&review("batch", "CronJob", "CREATE", plain, None)).unwrap();
     let body = serde_json::to_vec(&review("batch", "CronJob", "CREATE", cron_job, None)).unwrap();
     let mut conn = connect(op.https, tls_client(&ca.cert)).await;
+    let (status, answer) = conn
+        .request("POST", "/mutate", Some("application/json"), plain)
+        .await;
+    assert_eq!(status, 200, "{answer}");
     let (status, answer) = conn
         .request("POST", "/mutate", Some("application/json"), body)
         .await;
     assert_eq!(status, 200, "{answer}");
+    wait_logged(&op, "name=\"nightly\"", Duration::from_secs(10)).await;
+    let log = op.log();
+    assert!(
+        log.lines().any(|l| l.contains("INFO")
+            && l.contains("name=\"nightly\"")
+            && l.contains("decision=\"patched\"")),
+        "{log}"
+    );
+    assert!(!log.contains("name=\"plain\""), "{log}");
     let answer: Value = serde_json::from_str(&answer).unwrap();
     let response = &answer["response"];
     assert_eq!(response["allowed"], true, "{answer}");

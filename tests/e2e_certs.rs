@@ -804,3 +804,45 @@ async fn wait_phase(secrets: &Api<Secret>, name: &str, want: &str, within: Durat
     .await
     .unwrap()
 }
+
+/// `/readyz` is true only once TLS serves: a replica whose Secret does not exist yet (one that
+/// will not create it, `--no-controller`) answers 503, and turns ready by itself once the Secret
+/// appears.
+#[tokio::test]
+async fn readyz_is_false_until_the_secrets_certificate_serves() {
+    let cp = ControlPlane::shared();
+    let _ = kubectl(cp, &["create", "namespace", NS]);
+    let op = Operator::start_self_managed(
+        &["--tls-secret", "readyz-tls", "--no-controller"],
+        &[("KUBECONFIG", cp.kubeconfig_path().as_os_str())],
+    );
+    for _ in 0..3 {
+        let (status, body) = common::fixtures::http_get(op.admin, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = common::dev_certs(dir.path());
+    let ca_file = dir.path().join("ca.crt");
+    kubectl_ok(
+        cp,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "readyz-tls",
+            "-n",
+            NS,
+            &format!("--from-file=tls.crt={}", cert.display()),
+            &format!("--from-file=tls.key={}", key.display()),
+            &format!("--from-file=ca.crt={}", ca_file.display()),
+        ],
+    );
+    wait_for("/readyz to turn 200", Duration::from_secs(30), || async {
+        let (status, body) = common::fixtures::http_get(op.admin, "/readyz").await;
+        anyhow::ensure!(status == 200, "{status}: {body}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}

@@ -598,6 +598,10 @@ async fn a_foreground_deletion_does_not_bring_the_cron_job_back() {
     .unwrap();
     // A CronJob created by a reconcile still in flight would show up within moments.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !watching.is_finished(),
+        "the watch ended early, so it proves nothing"
+    );
     watching.abort();
     let created = created.lock().unwrap().clone();
     assert_eq!(

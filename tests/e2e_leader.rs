@@ -24,7 +24,7 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
     let cp = ControlPlane::shared();
     install_crds(cp);
     let dir = tempfile::tempdir().unwrap();
-    let (_, cert, key) = dev_certs(dir.path());
+    let (ca, cert, key) = dev_certs(dir.path());
     let kubeconfig = cp.kubeconfig_path().as_os_str();
     let start = |id: &str| {
         Operator::start_with_env(
@@ -62,9 +62,30 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
         (1, 0)
     };
 
-    // Both serve admission, whatever the leadership.
-    for (_, op) in &replicas {
+    // Both serve admission, whatever the leadership: each answers an allowed and a denied
+    // review itself.
+    for (name, op) in &replicas {
         assert_eq!(fixtures::http_get(op.admin, "/readyz").await.0, 200);
+        let mut conn = common::connect(op.https, common::tls_client(&ca.cert)).await;
+        for (url, allowed) in [
+            ("https://hooks.example.com/ok", true),
+            ("http://169.254.169.254/latest", false),
+        ] {
+            let body = serde_json::to_vec(&common::review(
+                "backups.k8s.bnerd.com",
+                "VolumeBackup",
+                "CREATE",
+                common::volume_backup(Some(url), None),
+                None,
+            ))
+            .unwrap();
+            let (status, answer) = conn
+                .request("POST", "/validate", Some("application/json"), body)
+                .await;
+            assert_eq!(status, 200, "{name}: {answer}");
+            let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(answer["response"]["allowed"], allowed, "{name}: {answer}");
+        }
     }
     let ns = cp.namespace("leader").await;
     let out = kubectl_stdin(

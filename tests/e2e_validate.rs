@@ -303,7 +303,7 @@ spec:
 /// a name it would refuse on the CronJob is refused when the backup is applied, naming the field.
 #[test]
 fn secret_references_the_pod_api_would_refuse_are_refused_at_apply() {
-    let cp = ControlPlane::shared();
+    let cp = cluster(Mode::AdmissionOnly, &[]).cp;
     let backup = |name: &str, key: &str| {
         format!(
             r#"apiVersion: backups.k8s.bnerd.com/v1

@@ -414,6 +414,36 @@ fn assert_refused_by_policy(r: &Run, what: &str) {
     assert!(warns[0].contains(what), "expected {what:?} in {}", warns[0]);
 }
 
+/// The policy the operator enforces at admission reaches the notifier as the environment the
+/// injector writes (`UrlPolicy::to_env`), and each part of it is enforced at send time.
+#[test]
+fn the_policy_in_the_injected_environment_is_enforced_at_send_time() {
+    let mut p = backup_operator::url_policy::UrlPolicy::default();
+    p.require_https = true;
+    p.deny_private = true;
+    p.deny = vec!["bad.example".parse().unwrap()];
+    let env = p.to_env();
+    let s = Scratch::new();
+    for (url, what) in [
+        ("http://hooks.example.com/x", "--require-https"),
+        ("https://10.0.0.1/x", "--deny-private-networks"),
+        ("https://bad.example/x", "denied destination bad.example"),
+    ] {
+        let mut c = notifier_with_hosts(s.path(), "127.0.0.1 localhost\n");
+        c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        c.args([
+            "send",
+            "--status",
+            "failure",
+            "--timeout",
+            "2s",
+            "--url",
+            url,
+        ]);
+        assert_refused_by_policy(&run(&mut c, LIMIT), what);
+    }
+}
+
 #[test]
 fn loopback_and_metadata_hosts_are_refused_by_default() {
     let rx = Receiver::http(Reply::Status(200));

@@ -419,6 +419,11 @@ fn policy_round_trips_through_the_notifier_environment() {
     let env = p.to_env();
     let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
     assert_eq!(get("NOTIFY_REQUIRE_HTTPS").as_deref(), Some("true"));
+    assert_eq!(get("NOTIFY_DENY_PRIVATE_NETWORKS").as_deref(), Some("true"));
+    assert_eq!(
+        get("NOTIFY_DENY_DESTINATIONS").as_deref(),
+        Some("bad.example")
+    );
     assert_eq!(
         get("NOTIFY_ALLOW_DESTINATIONS").as_deref(),
         Some("127.0.0.1/32,*.svc")

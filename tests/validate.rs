@@ -120,10 +120,18 @@ fn unchanged_bad_values_are_ratcheted_but_changed_ones_are_denied() {
 
 #[test]
 fn objects_being_deleted_are_never_blocked() {
+    // A change that would be denied (not kept as unchanged) goes through once the object is
+    // being deleted: finalizers must be able to finish.
+    let old = volume_backup(Some("https://hooks.example.com/x"), None);
     let mut obj = volume_backup(Some("ftp://x/"), None);
+    let (denials, _) = verdict(vb_update(obj.clone(), old.clone()), &UrlPolicy::default());
+    assert_eq!(denials.len(), 1, "the control case is denied");
     obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    let (denials, _) = verdict(vb_update(obj.clone(), obj), &UrlPolicy::default());
-    assert!(denials.is_empty());
+    let (denials, warnings) = verdict(vb_update(obj, old), &UrlPolicy::default());
+    assert!(
+        denials.is_empty() && warnings.is_empty(),
+        "{denials:?} {warnings:?}"
+    );
     let mut malformed = volume_backup(None, None);
     malformed["spec"]["retention"] = json!({"keepLast": "three"});
     let (denials, _) = verdict(vb(malformed.clone()), &UrlPolicy::default());
