@@ -418,10 +418,12 @@ fn assert_refused_by_policy(r: &Run, what: &str) {
 /// injector writes (`UrlPolicy::to_env`), and each part of it is enforced at send time.
 #[test]
 fn the_policy_in_the_injected_environment_is_enforced_at_send_time() {
-    let mut p = backup_operator::url_policy::UrlPolicy::default();
-    p.require_https = true;
-    p.deny_private = true;
-    p.deny = vec!["bad.example".parse().unwrap()];
+    let p = backup_operator::url_policy::UrlPolicy {
+        require_https: true,
+        deny_private: true,
+        deny: vec!["bad.example".parse().unwrap()],
+        ..Default::default()
+    };
     let env = p.to_env();
     let s = Scratch::new();
     for (url, what) in [
