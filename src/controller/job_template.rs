@@ -129,28 +129,26 @@ pub struct JobArgs {
 /// reconcile would re-apply it, and one during a mutating-webhook outage would strip the notifier.
 fn affinity_as_stored(affinity: &Affinity) -> Affinity {
     let mut a = affinity.clone();
+    // Pod affinity and anti-affinity are two types of one shape.
+    let lists = [
+        a.pod_affinity.as_mut().map(|p| {
+            (
+                &mut p.required_during_scheduling_ignored_during_execution,
+                &mut p.preferred_during_scheduling_ignored_during_execution,
+            )
+        }),
+        a.pod_anti_affinity.as_mut().map(|p| {
+            (
+                &mut p.required_during_scheduling_ignored_during_execution,
+                &mut p.preferred_during_scheduling_ignored_during_execution,
+            )
+        }),
+    ];
     let mut terms: Vec<&mut PodAffinityTerm> = Vec::new();
-    if let Some(p) = a.pod_affinity.as_mut() {
+    for (required, preferred) in lists.into_iter().flatten() {
+        terms.extend(required.iter_mut().flatten());
         terms.extend(
-            p.required_during_scheduling_ignored_during_execution
-                .iter_mut()
-                .flatten(),
-        );
-        terms.extend(
-            p.preferred_during_scheduling_ignored_during_execution
-                .iter_mut()
-                .flatten()
-                .map(|w| &mut w.pod_affinity_term),
-        );
-    }
-    if let Some(p) = a.pod_anti_affinity.as_mut() {
-        terms.extend(
-            p.required_during_scheduling_ignored_during_execution
-                .iter_mut()
-                .flatten(),
-        );
-        terms.extend(
-            p.preferred_during_scheduling_ignored_during_execution
+            preferred
                 .iter_mut()
                 .flatten()
                 .map(|w| &mut w.pod_affinity_term),
