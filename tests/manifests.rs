@@ -6,17 +6,23 @@ use std::process::Command;
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_backup-operator");
 
-fn assert_generated(args: &[&str], file: &str) {
+/// `backup-operator ARGS`, which must succeed; its stdout.
+fn operator_ok(args: &[&str]) -> String {
     let out = Command::new(OPERATOR).args(args).output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn assert_generated(args: &[&str], file: &str) {
+    let printed = operator_ok(args);
     let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
     let committed = std::fs::read_to_string(&path).unwrap();
     assert!(
-        String::from_utf8(out.stdout).unwrap() == committed,
+        printed == committed,
         "{file} drifted from `backup-operator {}`; regenerate it: backup-operator {} > {file}",
         args.join(" "),
         args.join(" ")
@@ -140,22 +146,14 @@ fn bad_names_urls_and_bundles_are_refused_in_one_line() {
     // Nothing was written by the refused `cert generate`s.
     assert!(!ca_key.exists());
 
-    let ok = Command::new(OPERATOR)
-        .args([
-            "cert",
-            "generate",
-            "--out-dir",
-            out_dir,
-            "--dns",
-            "webhook.example.com",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    operator_ok(&[
+        "cert",
+        "generate",
+        "--out-dir",
+        out_dir,
+        "--dns",
+        "webhook.example.com",
+    ]);
     // A key is never a CA bundle.
     let out = Command::new(OPERATOR)
         .args(["webhooks", "--ca-bundle-file", ca_key.to_str().unwrap()])
@@ -175,16 +173,7 @@ fn bad_names_urls_and_bundles_are_refused_in_one_line() {
     let key = std::fs::read_to_string(&ca_key).unwrap();
     let both = dir.path().join("both.pem");
     std::fs::write(&both, format!("{ca_crt}{key}")).unwrap();
-    let out = Command::new(OPERATOR)
-        .args(["webhooks", "--ca-bundle-file", both.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = String::from_utf8(out.stdout).unwrap();
+    let yaml = operator_ok(&["webhooks", "--ca-bundle-file", both.to_str().unwrap()]);
     let bundles: Vec<String> = yaml
         .lines()
         .filter_map(|l| l.trim().strip_prefix("caBundle: "))

@@ -387,9 +387,10 @@ fn host_name_does_not_resolve() {
 // ---------------------------------------------------------------------------------------------
 // 5. The URL policy at send time.
 
-/// `send` with a private /etc/hosts; returns the run.
-fn send_with_hosts(s: &Scratch, hosts: &str, url: &str, allow: &str) -> Run {
+/// `send` with a private /etc/hosts and `env`; returns the run.
+fn send_with_env(s: &Scratch, hosts: &str, url: &str, env: &[(&str, &str)]) -> Run {
     let mut c = notifier_with_hosts(s.path(), hosts);
+    c.envs(env.iter().copied());
     c.args([
         "send",
         "--status",
@@ -399,10 +400,17 @@ fn send_with_hosts(s: &Scratch, hosts: &str, url: &str, allow: &str) -> Run {
         "--url",
         url,
     ]);
-    if !allow.is_empty() {
-        c.env("NOTIFY_ALLOW_DESTINATIONS", allow);
-    }
     run(&mut c, LIMIT)
+}
+
+/// `send` with a private /etc/hosts and an allowlist (none when empty); returns the run.
+fn send_with_hosts(s: &Scratch, hosts: &str, url: &str, allow: &str) -> Run {
+    let env: &[(&str, &str)] = if allow.is_empty() {
+        &[]
+    } else {
+        &[("NOTIFY_ALLOW_DESTINATIONS", allow)]
+    };
+    send_with_env(s, hosts, url, env)
 }
 
 fn assert_refused_by_policy(r: &Run, what: &str) {
@@ -431,18 +439,9 @@ fn the_policy_in_the_injected_environment_is_enforced_at_send_time() {
         ("https://10.0.0.1/x", "--deny-private-networks"),
         ("https://bad.example/x", "denied destination bad.example"),
     ] {
-        let mut c = notifier_with_hosts(s.path(), "127.0.0.1 localhost\n");
-        c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        c.args([
-            "send",
-            "--status",
-            "failure",
-            "--timeout",
-            "2s",
-            "--url",
-            url,
-        ]);
-        assert_refused_by_policy(&run(&mut c, LIMIT), what);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = send_with_env(&s, "127.0.0.1 localhost\n", url, &env);
+        assert_refused_by_policy(&r, what);
     }
 }
 
