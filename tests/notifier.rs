@@ -358,6 +358,31 @@ fn receiver_serves_a_certificate_from_an_untrusted_ca() {
     assert_eq!(rx.connections(), 1, "the one TLS handshake was tried");
 }
 
+/// rustls logs a peer's TLS warning alert at WARN itself; the failed delivery is still the one
+/// WARN line the notifier writes.
+#[test]
+fn a_tls_warning_alert_from_the_receiver_is_still_one_warn_line() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut hello = [0u8; 4096];
+            let _ = conn.read(&mut hello);
+            // An alert record (21), TLS 1.2, two bytes: level warning (1), unrecognized_name
+            // (112); then the connection closes mid-handshake.
+            let _ = conn.write_all(&[21, 3, 3, 0, 2, 1, 112]);
+        }
+    });
+    check_failed_delivery(FailureCase {
+        rx: None,
+        failure_url: format!("https://{addr}/fail"),
+        reason: "tls",
+        requests: 0,
+        hosts: None,
+    });
+}
+
 #[test]
 fn receiver_answers_302_and_the_redirect_is_not_followed() {
     let rx = Receiver::http(Reply::Redirect {

@@ -121,6 +121,32 @@ fn sigterm_reaches_the_whole_group_and_death_by_it_is_143() {
     });
 }
 
+/// A stopped command (one that read from a terminal it does not own, in a container with
+/// `tty: true`) still ends on a forwarded SIGTERM instead of waiting for the kubelet's SIGKILL
+/// with no result: the wrapper continues it.
+#[test]
+fn a_stopped_command_ends_on_a_forwarded_sigterm() {
+    let s = Scratch::new();
+    let ready = s.path().join("ready");
+    let script = format!(
+        "echo $$ > {ready}.pid; mv {ready}.pid {ready}; kill -STOP $$; sleep 30",
+        ready = ready.display()
+    );
+    let p = spawn(&mut s.exec_sh(&script));
+    let shell = wait_for_pid(&ready);
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{shell}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|f| f.trim_start().starts_with('T'))
+        })
+    });
+    p.signal(libc::SIGTERM);
+    let r = p.finish(LIMIT);
+    r.assert_code(143);
+    assert_eq!(s.result_json()["signal"], libc::SIGTERM);
+}
+
 #[test]
 fn commands_that_cannot_start_are_127_or_126_with_a_failure_result() {
     let s = Scratch::new();

@@ -10,6 +10,9 @@ use anyhow::{Context, bail};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::contract::{BackupKind, Outcome, Payload, env};
 use crate::url_policy::{PolicyArgs, UrlPolicy};
@@ -331,8 +334,13 @@ pub struct SendArgs {
 
 /// The binary's `main`.
 pub fn main() -> ExitCode {
-    init_logging();
     let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "exec") {
+        // First of all, see exec::block_signals. A failure here is reported by exec::run, which
+        // blocks them again.
+        let _ = exec::block_signals();
+    }
+    init_logging();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e, &args),
@@ -355,11 +363,18 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    // rustls logs a TLS peer's warning alerts and unexpected messages at WARN itself; the
+    // notifier's contract is one WARN line per failed delivery, naming the reason, which
+    // deliver.rs writes.
+    let filter = Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target("rustls", LevelFilter::ERROR);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
-        .with_max_level(tracing::Level::INFO)
+        .finish()
+        .with(filter)
         .init();
 }
 

@@ -39,6 +39,17 @@ pub const EXIT_NOT_EXECUTABLE: i32 = 126;
 /// The command was not found (the shell's convention).
 pub const EXIT_NOT_FOUND: i32 = 127;
 
+/// Blocks every signal the wrapper takes with `sigwait`: the forwarded ones and SIGCHLD.
+///
+/// `main` calls it for `exec` before it parses arguments or sets up logging: as PID 1 without a
+/// handler the wrapper would drop a SIGTERM that arrived in between (a pod deleted as it
+/// starts), and the command would then run on to the kubelet's SIGKILL with no result written.
+pub fn block_signals() -> io::Result<SignalSet> {
+    let mut handled = FORWARDED_SIGNALS.to_vec();
+    handled.push(libc::SIGCHLD);
+    SignalSet::block(&handled)
+}
+
 /// Runs `command` and returns the exit code the wrapper should exit with.
 pub fn run(result: &Path, command: &[OsString]) -> u8 {
     match run_inner(&StepFiles::for_result(result), command) {
@@ -61,10 +72,9 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
         return Err(io::Error::last_os_error()).context("restoring the default SIGCHLD handling");
     }
-    let mut handled = FORWARDED_SIGNALS.to_vec();
-    handled.push(libc::SIGCHLD);
-    // Blocked before the child exists, so no signal between spawn and the first sigwait is lost.
-    let set = SignalSet::block(&handled).context("blocking signals")?;
+    // Blocked before the child exists, so no signal between spawn and the first sigwait is lost
+    // (`main` has blocked them already; blocking again is harmless and gives the set to wait on).
+    let set = block_signals().context("blocking signals")?;
 
     // The backup runs whatever happens to the notifier's files: a notification must never
     // decide whether a backup is made. Without the lock a sidecar notifier decides at SIGTERM,
@@ -177,8 +187,17 @@ fn forward(pid: libc::pid_t, sig: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions. The group first (the command's helpers
     // get the signal too), the process alone if it has left its group.
     unsafe {
-        if libc::kill(-pid, sig) != 0 {
-            libc::kill(pid, sig);
+        let target = if libc::kill(-pid, sig) == 0 {
+            -pid
+        } else {
+            pid
+        };
+        // A stopped process keeps every signal but SIGKILL pending until it is continued. The
+        // command stops when it reads from a terminal it does not own (a container with
+        // `tty: true`, restic asking for a password): without SIGCONT it would ignore the
+        // kubelet's SIGTERM, die by SIGKILL and leave no result.
+        if sig != libc::SIGCONT {
+            libc::kill(target, libc::SIGCONT);
         }
     }
 }
@@ -219,7 +238,7 @@ pub fn signal_name(sig: libc::c_int) -> String {
 }
 
 /// A set of signals blocked for the calling thread and taken with `sigwait`.
-struct SignalSet(libc::sigset_t);
+pub struct SignalSet(libc::sigset_t);
 
 impl SignalSet {
     fn block(signals: &[libc::c_int]) -> io::Result<Self> {
