@@ -43,11 +43,7 @@ fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
     // a struct of a hundred bytes, first buffered by serde's flatten), so the number of values,
     // not only the body's size, must be bounded before it starts. A review of a backup or a
     // CronJob holds a few thousand at most; this bounds what a forged one can make it build.
-    let values = bytes
-        .iter()
-        .filter(|b| matches!(b, b'{' | b'[' | b','))
-        .count();
-    if values > MAX_JSON_VALUES {
+    if json_values(bytes) > MAX_JSON_VALUES {
         return Err(bad(format!(
             "request body holds more than {MAX_JSON_VALUES} JSON values; an AdmissionReview of a backup or a CronJob holds far fewer"
         )));
@@ -69,6 +65,23 @@ fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
     review
         .request
         .ok_or_else(|| bad(format!("{KIND} has no request")))
+}
+
+/// Counts the bytes that open a JSON value or separate two (`{`, `[`, `,`): inside strings too,
+/// so it is an upper bound, which is all the limit needs. It runs on every request, so it is
+/// written for the compiler to vectorise: each byte adds 0 or 1 to a `u8` lane, and a chunk of
+/// 255 bytes cannot overflow one (a `filter().count()` took ten instructions a byte, more than
+/// the rest of a `/validate`'s decoding).
+fn json_values(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(usize::from(u8::MAX))
+        .map(|chunk| {
+            let opens = chunk.iter().fold(0u8, |n, &b| {
+                n + u8::from(b == b'{') + u8::from(b == b'[') + u8::from(b == b',')
+            });
+            usize::from(opens)
+        })
+        .sum()
 }
 
 /// What a webhook reads of a request: the same fields for both, the objects as each needs them
@@ -216,6 +229,26 @@ impl Answer {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_values_counts_every_opening_and_separator_across_chunks() {
+        for body in [
+            Vec::new(),
+            b"{\"a\":[1,2,{}],\"b\":\"x,y\"}".to_vec(),
+            // All counted bytes, more than one chunk holds.
+            b"[{,".repeat(1000),
+            // Counted bytes at chunk boundaries and between other bytes.
+            (0..2000u32)
+                .map(|i| if i % 7 == 0 { b',' } else { b'a' })
+                .collect(),
+        ] {
+            let naive = body
+                .iter()
+                .filter(|b| matches!(b, b'{' | b'[' | b','))
+                .count();
+            assert_eq!(json_values(&body), naive);
+        }
+    }
 
     #[test]
     fn a_denial_is_a_failure_status_with_the_message() {
