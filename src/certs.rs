@@ -264,27 +264,49 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// Writes `ca.crt`, `ca.key`, `tls.crt`, `tls.key` into `dir` (keys mode 0600).
+/// Writes `ca.crt`, `ca.key`, `tls.crt`, `tls.key` into `dir` (keys mode 0600). All four are
+/// written to temporary files first and renamed only when every one was written, so a failure
+/// (a full disk) leaves an earlier set whole rather than a new CA beside an old key.
 pub fn write_dir(dir: &Path, ca: &PemPair, serving: &PemPair) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("{} exists and is not a directory", dir.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, body, mode) in [
+    let files = [
         ("ca.crt", &ca.cert, 0o644),
         ("ca.key", &ca.key, 0o600),
         ("tls.crt", &serving.cert, 0o644),
         ("tls.key", &serving.key, 0o600),
-    ] {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
+    ];
+    let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
+    let written = files.iter().try_for_each(|(name, body, mode)| {
+        let tmp = tmp(name);
+        // A leftover (or a planted symlink) is removed and the file created anew, so a key
+        // gets its mode and lands in `dir`, never where a link points.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", tmp.display()));
+            }
+            _ => {}
+        }
         std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
+            .create_new(true)
+            .mode(*mode)
             .open(&tmp)
             .and_then(|mut f| std::io::Write::write_all(&mut f, body.as_bytes()))
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            .with_context(|| format!("writing {}", tmp.display()))
+    });
+    if let Err(e) = written {
+        for (name, _, _) in &files {
+            let _ = std::fs::remove_file(tmp(name));
+        }
+        return Err(e);
+    }
+    for (name, _, _) in &files {
+        let path = dir.join(name);
+        std::fs::rename(tmp(name), &path).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -294,6 +316,39 @@ mod tests {
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn write_dir_never_follows_a_planted_link_and_names_a_file_in_the_way() {
+        use std::os::unix::fs::PermissionsExt;
+        let ca = generate_ca("ours", HOUR).unwrap();
+        let serving = issue_serving(&ca, &["svc".into()], &[], HOUR).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join(".ca.key.tmp")).unwrap();
+
+        write_dir(&out, &ca, &serving).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+        assert_eq!(std::fs::read_to_string(out.join("ca.key")).unwrap(), ca.key);
+        let mode = std::fs::metadata(out.join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            4,
+            "no temporary file left"
+        );
+
+        let e = write_dir(&elsewhere, &ca, &serving).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("exists and is not a directory"),
+            "{e:#}"
+        );
+    }
 
     #[test]
     fn signed_by_finds_the_issuing_ca_in_a_bundle_and_only_it() {

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod notifier;
+pub mod pem_file;
 pub mod quantity;
 pub mod schedule;
 pub mod serve;

@@ -29,9 +29,9 @@ pub struct LoadedCert {
 
 /// Reads and checks a certificate chain and its private key.
 pub fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert> {
-    let cert_pem = std::fs::read(cert_path)
+    let cert_pem = crate::pem_file::read(cert_path)
         .with_context(|| format!("reading TLS certificate {}", cert_path.display()))?;
-    let key_pem = std::fs::read(key_path)
+    let key_pem = crate::pem_file::read(key_path)
         .with_context(|| format!("reading TLS key {}", key_path.display()))?;
     from_pem(&cert_pem, &key_pem)
         .with_context(|| format!("loading {} and {}", cert_path.display(), key_path.display()))

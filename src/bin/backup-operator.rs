@@ -80,7 +80,7 @@ struct GenerateArgs {
     #[arg(long, value_name = "NAME", requires = "namespace", value_parser = names::label)]
     service: Option<String>,
     /// Namespace of --service.
-    #[arg(long, value_name = "NS", value_parser = names::label)]
+    #[arg(long, value_name = "NS", value_parser = names::label, requires = "service")]
     namespace: Option<String>,
     /// Validity of both certificates, 1s to 876000h.
     #[arg(long, default_value = "8760h", value_parser = serve::parse_validity)]
@@ -118,7 +118,7 @@ fn run(command: Command) -> Result<()> {
         Command::Webhooks(a) => {
             let ca_bundle = match &a.ca_bundle_file {
                 Some(p) => {
-                    let pem = std::fs::read(p)
+                    let pem = backup_operator::pem_file::read(p)
                         .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
                     // Certificates only: a key in the file must not end up in a cluster-wide
                     // readable object, and a file without a certificate would make every call

@@ -100,7 +100,7 @@ struct Pem {
 fn read_pem(path: &Path) -> anyhow::Result<Pem> {
     let what = || format!("CA file {}", path.display());
     // A few kilobytes from a local volume; reading them inline is cheaper than a blocking task.
-    let bytes = std::fs::read(path).with_context(what)?;
+    let bytes = crate::pem_file::read(path).with_context(what)?;
     let mut pem = Pem {
         certs: Vec::new(),
         skipped: 0,
