@@ -50,6 +50,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::certs::{self, PemPair};
+use crate::duration::show;
 
 /// Field manager of the caBundle writes (kept apart from the controller's).
 pub const FIELD_MANAGER: &str = "backup-operator-ca-injector";
@@ -88,6 +89,26 @@ impl RotationConfig {
     /// shorten it with the step.
     pub fn hold(&self) -> Duration {
         (self.cert_validity / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+    }
+
+    /// One line on why these validities cannot rotate a CA in time. A rotation starts when a
+    /// third of the CA's lifetime is left and holds each of its two phases for [`Self::hold`];
+    /// the serving certificates issued before the switch end with the old CA, so a third shorter
+    /// than the holds would have the replicas serve an expired certificate for the rest of it.
+    /// Two holds per third: one for the first phase, one for the confirmations and checks that
+    /// come between.
+    pub fn check(&self) -> Result<(), String> {
+        let need = self.hold() * 6;
+        if self.ca_validity < need {
+            return Err(format!(
+                "--ca-validity {} is too short for --cert-validity {}: a CA rotation starts when a third of the CA's lifetime is left and holds each of its two phases for {} (a tenth of --cert-validity, at most 1h); use at least {}",
+                show(self.ca_validity),
+                show(self.cert_validity),
+                show(self.hold()),
+                show(need)
+            ));
+        }
+        Ok(())
     }
 
     /// A serving certificate by `ca`, never outliving it.

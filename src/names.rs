@@ -29,6 +29,12 @@ pub fn subdomain(s: &str) -> Result<String, String> {
 /// `*.` before one. A name a TLS client never matches would make a certificate that only ever
 /// fails.
 pub fn host_name(s: &str) -> Result<String, String> {
+    // An IP address passes as a name, but TLS clients match an address only against IP SANs.
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{s:?} is an IP address, which a TLS client matches only against an IP entry: pass it as an IP (--cert-ip, --ip)"
+        ));
+    }
     let rest = s.strip_prefix("*.").unwrap_or(s);
     if s.len() > 253 || !rest.split('.').all(|l| l.len() <= 63 && is_label(l, true)) {
         return Err(format!(
@@ -51,11 +57,12 @@ pub fn image(s: &str) -> Result<String, String> {
 }
 
 /// A leader-election identity. An empty one reads as "nobody holds the Lease" to every other
-/// replica, so two replicas could lead at once.
+/// replica, so two replicas could lead at once; a longer one than an Event's
+/// `reportingInstance` takes (128) would get every Event the controller writes refused.
 pub fn identity(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() || s.chars().any(char::is_control) {
+    if s.trim().is_empty() || s.chars().any(char::is_control) || s.len() > 128 {
         return Err(format!(
-            "{s:?} is not a leader-election identity: it is blank or holds control characters"
+            "{s:?} is not a leader-election identity: it is blank, longer than 128 bytes or holds control characters"
         ));
     }
     Ok(s.to_owned())
@@ -130,6 +137,9 @@ mod tests {
         ] {
             refused(host_name, bad, "is not a DNS name");
         }
+        for ip in ["10.0.0.5", "::1", "fd00::1"] {
+            refused(host_name, ip, "is an IP address");
+        }
     }
 
     #[test]
@@ -147,7 +157,7 @@ mod tests {
         for good in ["backup-operator-5d9f-abcde", "host-123"] {
             assert_eq!(identity(good).as_deref(), Ok(good));
         }
-        for bad in ["", "  ", "a\nb"] {
+        for bad in ["", "  ", "a\nb", &"p".repeat(129)] {
             refused(identity, bad, "is not a leader-election identity");
         }
     }

@@ -57,18 +57,18 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub certs: SelfManagedArgs,
     /// How often the certificate files are re-read in addition to file events (mounted Secrets
-    /// change through a symlink swap that file events can miss). 1s to 1h.
-    #[arg(long, default_value = "10s", value_parser = |s: &str| duration::within(s, Duration::from_secs(1), Duration::from_secs(3600)))]
+    /// change through a symlink swap that file events can miss). 1s to 1h. Only with --tls-cert.
+    #[arg(long, default_value = "10s", value_parser = |s: &str| duration::within(s, Duration::from_secs(1), Duration::from_secs(3600)), conflicts_with = "tls_secret")]
     pub tls_reload_interval: Duration,
     /// Serve admission only: no controller, no connection to the cluster needed.
     #[arg(long)]
     pub no_controller: bool,
-    /// Largest admission request body accepted (bigger ones get 413).
-    #[arg(long, default_value_t = admission::DEFAULT_MAX_REQUEST_BYTES)]
+    /// Largest admission request body accepted, in bytes (bigger ones get 413). At least 65536.
+    #[arg(long, default_value_t = admission::DEFAULT_MAX_REQUEST_BYTES, value_parser = admission::parse_request_bytes)]
     pub max_request_bytes: usize,
     /// Bytes of admission request bodies held at once across all connections (at least
     /// --max-request-bytes); a body that would go beyond it gets 503.
-    #[arg(long, default_value_t = admission::DEFAULT_BODY_BYTES_IN_FLIGHT)]
+    #[arg(long, default_value_t = admission::DEFAULT_BODY_BYTES_IN_FLIGHT, value_parser = admission::parse_request_bytes)]
     pub max_request_bytes_in_flight: usize,
     /// On SIGTERM, how long in-flight requests may take to finish (0 to 1h). A second signal exits
     /// at once.
@@ -82,26 +82,27 @@ pub struct ServeArgs {
     pub controller: ControllerArgs,
 }
 
-/// Settings of self-managed certificates (`--tls-secret`).
+/// Settings of self-managed certificates (`--tls-secret`), refused with `--tls-cert`: with files
+/// (`--tls-cert`) nothing would read them, and a setting silently ignored is worse than refused.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SelfManagedArgs {
     /// Service in front of the webhooks; its in-cluster names go into the serving certificate.
-    #[arg(long, default_value = "backup-operator", value_parser = crate::names::label)]
+    #[arg(long, default_value = "backup-operator", value_parser = crate::names::label, conflicts_with = "tls_cert")]
     pub service_name: String,
     /// Extra DNS name for the serving certificate. Repeatable.
-    #[arg(long = "cert-dns", value_name = "NAME", value_parser = crate::names::host_name)]
+    #[arg(long = "cert-dns", value_name = "NAME", value_parser = crate::names::host_name, conflicts_with = "tls_cert")]
     pub cert_dns: Vec<String>,
     /// IP address for the serving certificate (for webhooks registered by URL). Repeatable.
-    #[arg(long = "cert-ip", value_name = "IP")]
+    #[arg(long = "cert-ip", value_name = "IP", conflicts_with = "tls_cert")]
     pub cert_ips: Vec<std::net::IpAddr>,
     /// Lifetime of a generated CA; it is rotated when a third is left. 1s to 876000h.
-    #[arg(long, default_value = "87600h", value_parser = parse_validity)]
+    #[arg(long, default_value = "87600h", value_parser = parse_validity, conflicts_with = "tls_cert")]
     pub ca_validity: Duration,
     /// Lifetime of a serving certificate; it is renewed when a third is left. 1s to 876000h.
-    #[arg(long, default_value = "2160h", value_parser = parse_validity)]
+    #[arg(long, default_value = "2160h", value_parser = parse_validity, conflicts_with = "tls_cert")]
     pub cert_validity: Duration,
     /// Name of the Validating- and MutatingWebhookConfiguration that receive the CA bundle.
-    #[arg(long, default_value = crate::webhook_config::NAME, value_parser = crate::names::subdomain)]
+    #[arg(long, default_value = crate::webhook_config::NAME, value_parser = crate::names::subdomain, conflicts_with = "tls_cert")]
     pub webhook_configuration: String,
 }
 
@@ -130,11 +131,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         _ => tls::CertStore::default(),
     };
 
-    let client = if args.no_controller && args.tls_secret.is_none() {
-        None
-    } else {
-        Some(connect().await?)
-    };
     let rotation = args.tls_secret.as_ref().map(|secret| {
         let namespace = args.controller.lease_namespace.clone();
         let mut dns_names = crate::certs::service_dns_names(&args.certs.service_name, &namespace);
@@ -149,6 +145,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             cert_validity: args.certs.cert_validity,
         }
     });
+    if let Some(cfg) = &rotation {
+        cfg.check().map_err(anyhow::Error::msg)?;
+    }
+    let client = if args.no_controller && args.tls_secret.is_none() {
+        None
+    } else {
+        Some(connect().await?)
+    };
     if let (Some(cfg), Some(client)) = (&rotation, &client) {
         let secrets = kube::Api::namespaced(client.clone(), &cfg.namespace);
         tokio::spawn(tls::watch_secret(

@@ -43,7 +43,9 @@ pub fn excluded_namespaces(operator_namespace: &str) -> Vec<String> {
 }
 
 /// `webhooks --url`: the apiserver calls a webhook URL only over https, and refuses one with
-/// user info, a query or a fragment.
+/// user info, a query or a fragment. What is written is the URL as parsed and re-serialised
+/// (`https:/host` and surrounding spaces are what the checks saw, `https://host/` as Go reads
+/// it), not the text given, which Go's parser may read differently or refuse.
 pub fn parse_base_url(s: &str) -> Result<String, String> {
     let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     let why = if url.scheme() != "https" {
@@ -54,10 +56,23 @@ pub fn parse_base_url(s: &str) -> Result<String, String> {
         "the apiserver refuses user info in a webhook URL"
     } else if url.query().is_some() || url.fragment().is_some() {
         "the apiserver refuses a query or fragment in a webhook URL"
+    } else if !percent_escapes_are_whole(url.path()) {
+        "a '%' in its path starts no escape (%XX), which the apiserver refuses"
     } else {
-        return Ok(s.to_owned());
+        return Ok(url.as_str().to_owned());
     };
     Err(format!("{s:?} is not a webhook base URL: {why}"))
+}
+
+/// Every `%` is followed by two hex digits. WHATWG parsing keeps a stray `%` as it is; Go's
+/// `url.Parse` refuses it.
+fn percent_escapes_are_whole(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 impl WebhookSettings {
@@ -260,4 +275,35 @@ pub fn yaml(s: &WebhookSettings) -> anyhow::Result<String> {
         serde_yaml_ng::to_string(&validating(s))?,
         serde_yaml_ng::to_string(&mutating(s))?
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_is_written_as_it_was_checked() {
+        for (given, written) in [
+            ("https://10.0.0.5:8443", "https://10.0.0.5:8443/"),
+            ("https:/10.0.0.5:8443", "https://10.0.0.5:8443/"),
+            (
+                " https://Hooks.Example.com/base ",
+                "https://hooks.example.com/base",
+            ),
+            ("https://h.example/a%2Fb", "https://h.example/a%2Fb"),
+        ] {
+            assert_eq!(parse_base_url(given).as_deref(), Ok(written), "{given:?}");
+        }
+        for (bad, says) in [
+            ("http://h.example", "only over https"),
+            ("https://u@h.example", "user info"),
+            ("https://h.example/?q", "query or fragment"),
+            ("https://h.example/%zz", "starts no escape"),
+            ("https://h.example/%4", "starts no escape"),
+            ("not a url", "is not a URL"),
+        ] {
+            let e = parse_base_url(bad).unwrap_err();
+            assert!(e.contains(says) && !e.contains('\n'), "{bad:?}: {e}");
+        }
+    }
 }

@@ -683,6 +683,47 @@ fn serve_fails_fast_with_one_clear_line() {
         "backup-operator: error: --notifier-memory-request 128Mi is above --notifier-memory-limit 64Mi; the apiserver would refuse every backup pod"
     );
 
+    // A self-managed certificate's setting beside certificate files would be ignored: refused.
+    let (code, err) = run(
+        &[
+            "--no-controller".as_ref(),
+            "--cert-dns".as_ref(),
+            "webhook.example.com".as_ref(),
+            certs[0],
+            certs[1],
+            certs[2],
+            certs[3],
+        ],
+        &dead,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.lines()
+            .next()
+            .is_some_and(|l| l.contains("'--cert-dns <NAME>' cannot be used with '--tls-cert")),
+        "{err}"
+    );
+
+    // A CA too short-lived to rotate before it expires: refused before the cluster is reached.
+    let (code, err) = run(
+        &[
+            "--no-controller".as_ref(),
+            "--tls-secret".as_ref(),
+            "webhook-tls".as_ref(),
+            "--ca-validity".as_ref(),
+            "2h".as_ref(),
+        ],
+        &dead,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "backup-operator: error: --ca-validity 2h is too short for --cert-validity 2160h"
+        ) && last.contains("use at least 6h"),
+        "{err}"
+    );
+
     let missing = dir.path().join("nope.crt");
     let (code, err) = run(
         &[
@@ -735,6 +776,9 @@ fn serve_fails_fast_with_one_clear_line() {
         ("--backup-deadline", "99999999999999999999h", "is too long"),
         ("--shutdown-timeout", "-5s", "must not be negative"),
         ("--notifier-timeout", "10", "without a unit"),
+        ("--max-request-bytes", "7", "below the least a review needs"),
+        ("--log-level", "warning", "is not a log level"),
+        ("--cert-dns", "10.0.0.5", "is an IP address"),
     ] {
         let arg = format!("{flag}={value}");
         let (code, err) = run(&["--no-controller".as_ref(), arg.as_ref()], &dead);
@@ -914,9 +958,9 @@ async fn bodies_beyond_the_shared_budget_get_503_at_once() {
         &[
             "--no-controller",
             "--max-request-bytes",
-            "4096",
+            "65536",
             "--max-request-bytes-in-flight",
-            "8192",
+            "131072",
         ],
     );
     let tls = tls_client(&ca.cert);
@@ -929,14 +973,15 @@ async fn bodies_beyond_the_shared_budget_get_503_at_once() {
         200
     );
 
-    // Two bodies of 4000 bytes announced, 3500 sent: 4 KiB of the budget each.
+    // Two bodies of 65000 bytes announced, 64600 sent: 64 KiB of the budget each (taken in whole
+    // KiB as the bytes arrive).
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let mut raw = raw_tls(&op, tls.clone()).await;
-        raw.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n")
+        raw.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65000\r\n\r\n")
             .await
             .unwrap();
-        raw.write_all(&[b' '; 3500]).await.unwrap();
+        raw.write_all(&[b' '; 64600]).await.unwrap();
         raw.flush().await.unwrap();
         stalled.push(raw);
     }
@@ -951,7 +996,7 @@ async fn bodies_beyond_the_shared_budget_get_503_at_once() {
     )
     .await;
     assert!(
-        refused.starts_with("busy: 8192 bytes of request bodies are being read")
+        refused.starts_with("busy: 131072 bytes of request bodies are being read")
             && one_line(&refused),
         "{refused:?}"
     );

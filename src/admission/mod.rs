@@ -30,6 +30,25 @@ pub use review::{
 /// two of them, so 7 MiB leaves room while still refusing floods.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 7 * 1024 * 1024;
 
+/// Smallest `--max-request-bytes`: a review of an ordinary CronJob, with its managed fields,
+/// takes tens of kilobytes, so a smaller limit (a `0`, or a `7` meant as MiB) would refuse
+/// every write to our resources and inject nothing.
+pub const MIN_MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// `--max-request-bytes` and `--max-request-bytes-in-flight`: bytes, at least
+/// [`MIN_MAX_REQUEST_BYTES`].
+pub fn parse_request_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n < MIN_MAX_REQUEST_BYTES {
+        return Err(format!(
+            "{n} bytes is below the least a review needs ({MIN_MAX_REQUEST_BYTES} bytes; the default is {DEFAULT_MAX_REQUEST_BYTES})"
+        ));
+    }
+    Ok(n)
+}
+
 /// The apiserver writes a review's body in one go and waits at most 30 s (the largest
 /// `timeoutSeconds`) for the answer: a body still arriving after this is not from it, and a
 /// client trickling one must not hold the memory it announced.

@@ -196,9 +196,7 @@ fn forward(pid: libc::pid_t, sig: libc::c_int) {
         // command stops when it reads from a terminal it does not own (a container with
         // `tty: true`, restic asking for a password): without SIGCONT it would ignore the
         // kubelet's SIGTERM, die by SIGKILL and leave no result.
-        if sig != libc::SIGCONT {
-            libc::kill(target, libc::SIGCONT);
-        }
+        libc::kill(target, libc::SIGCONT);
     }
 }
 
