@@ -57,7 +57,8 @@ const MAX_CRON_JOB_NAME: usize = 52;
 /// - A run killed mid-way (an OOM kill, a lost node) leaves its lock behind, and forget --prune,
 ///   which needs the repository to itself, would fail on it every night. unlock removes only
 ///   stale locks: a live run keeps refreshing its own.
-/// - `BACKUP_FORGET_ARGS` is built by the operator from integers only.
+/// - `BACKUP_FORGET_ARGS` is built by the operator from integers only, and always listed in the
+///   container's `env`, so that no Secret key can supply it.
 const BACKUP_SCRIPT: &str = r#"set -eu
 wait_lock=""
 if restic --help 2>/dev/null | grep -q -e '--retry-lock'; then
@@ -425,18 +426,25 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duratio
             &format!("{}={namespace}/{name}", K::KIND.as_str()),
         ),
     ];
-    if !init_delay.is_zero() {
-        env.push(env_value(
-            "BACKUP_INIT_DELAY",
-            &init_delay.as_secs().to_string(),
-        ));
-    }
-    if let Some(retention) = &spec.retention {
-        let forget = forget_args(retention);
-        if !forget.is_empty() {
-            env.push(env_value("BACKUP_FORGET_ARGS", &forget));
-        }
-    }
+    // Both always listed, without a value when unused (the variable is then empty): an entry in
+    // `env` wins over the credentials Secret's `envFrom`, whose keys could otherwise set them (a
+    // `BACKUP_FORGET_ARGS` there would prune a repository no retention was given for).
+    let operator_only = |name: &str, value: String| EnvVar {
+        value: (!value.is_empty()).then(|| escape_expansion(&value)),
+        ..env_value(name, "")
+    };
+    env.push(operator_only(
+        "BACKUP_INIT_DELAY",
+        if init_delay.is_zero() {
+            String::new()
+        } else {
+            init_delay.as_secs().to_string()
+        },
+    ));
+    env.push(operator_only(
+        "BACKUP_FORGET_ARGS",
+        spec.retention.as_ref().map(forget_args).unwrap_or_default(),
+    ));
     let backup = Container {
         name: BACKUP_CONTAINER.into(),
         image: Some(
@@ -785,18 +793,31 @@ mod tests {
         assert_eq!(init_delay(3), INIT_SPACING * 3);
         assert_eq!(init_delay(10_000), MAX_INIT_DELAY);
         assert_eq!(init_delay(usize::MAX), MAX_INIT_DELAY);
-        let env = |delay| {
-            let cj = cron_job(&vb("nightly"), &args(), delay);
+        let env = |delay, name: &str| {
+            let mut nightly = vb("nightly");
+            nightly.spec.common.retention = None;
+            let cj = cron_job(&nightly, &args(), delay);
             pod_spec(&cj).unwrap().containers[0]
                 .env
                 .clone()
                 .unwrap_or_default()
                 .into_iter()
-                .find(|e| e.name == "BACKUP_INIT_DELAY")
-                .and_then(|e| e.value)
+                .find(|e| e.name == name)
+                .map(|e| (e.value, e.value_from.is_some()))
         };
-        // The oldest one's CronJob is what it was before delays existed.
-        assert_eq!(env(Duration::ZERO), None);
-        assert_eq!(env(init_delay(2)).as_deref(), Some("40"));
+        // The oldest one waits for nothing, and without retention nothing is forgotten; the
+        // entries are there all the same, empty, so that the credentials Secret cannot set them.
+        assert_eq!(
+            env(Duration::ZERO, "BACKUP_INIT_DELAY"),
+            Some((None, false))
+        );
+        assert_eq!(
+            env(Duration::ZERO, "BACKUP_FORGET_ARGS"),
+            Some((None, false))
+        );
+        assert_eq!(
+            env(init_delay(2), "BACKUP_INIT_DELAY"),
+            Some((Some("40".to_owned()), false))
+        );
     }
 }
