@@ -657,6 +657,25 @@ fn names(p: &Value, list: &str) -> Vec<String> {
         .collect()
 }
 
+/// A container-mode notifier that is all `containers` holds (the user's own container removed)
+/// is kept when the injector declines: a pod without containers would get the object refused,
+/// where declining means admitting it with a warning.
+#[test]
+fn declining_never_leaves_a_pod_without_containers() {
+    let cfg = config(NotifierMode::Container);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let mut once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    once["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "backup");
+    let m = inject::mutate(once.clone(), &cfg);
+    assert!(!m.injected());
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    let out = apply(&once, &m.patch);
+    assert_eq!(names(pod(&out), "containers"), ["notifier"]);
+}
+
 /// A notifier left without its wrapper reports failure on every run (sidecar) or keeps the pod
 /// running forever (container mode), so declining takes an earlier injection out completely.
 #[test]

@@ -652,7 +652,14 @@ fn remove_injection(b: &mut PatchBuilder) {
         }
         if let Some(i) = index_of(b, list, name) {
             let path = element(list, i);
-            if b.get(&path).is_some_and(ours) {
+            // A pod needs a container: a container-mode notifier left alone in `containers` (the
+            // user's own removed, or named as the target) stays, or the apiserver would refuse
+            // the object that is otherwise only declined with a warning.
+            let last = list == "containers"
+                && b.get(&list_path(list))
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| l.len() == 1);
+            if !last && b.get(&path).is_some_and(ours) {
                 b.remove(path);
             }
         }
