@@ -151,7 +151,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let client = if args.no_controller && args.tls_secret.is_none() {
         None
     } else {
-        Some(connect().await?)
+        let (client, version) = connect().await?;
+        if args.injector.notifier_mode == crate::inject::NotifierMode::Sidecar
+            && !has_native_sidecars(&version)
+        {
+            tracing::warn!(
+                version = %version.git_version,
+                "this Kubernetes predates native sidecar containers (on by default since v1.29): with --notifier-mode=sidecar a backup pod waits on its notifier forever unless the SidecarContainers feature gate is on; use --notifier-mode=container"
+            );
+        }
+        Some(client)
     };
     if let (Some(cfg), Some(client)) = (&rotation, &client) {
         let secrets = kube::Api::namespaced(client.clone(), &cfg.namespace);
@@ -292,7 +301,21 @@ pub const API_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A client for the cluster in the environment (in-cluster or KUBECONFIG), checked by one call
 /// with a deadline so an unreachable cluster fails fast with one line.
-pub async fn connect() -> Result<kube::Client> {
+/// Whether the apiserver's version has native sidecars on by default (v1.29+). A minor that
+/// does not parse (a vendor's spelling) is given the benefit of the doubt.
+fn has_native_sidecars(v: &k8s_openapi::apimachinery::pkg::version::Info) -> bool {
+    let number = |s: &str| -> Option<u32> {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (number(&v.major), number(&v.minor)) {
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
+        _ => true,
+    }
+}
+
+/// A client for the cluster, and the apiserver's version, which proves it answers.
+pub async fn connect() -> Result<(kube::Client, k8s_openapi::apimachinery::pkg::version::Info)> {
     let hint = "run with --no-controller to serve admission only";
     let mut config = kube::Config::infer().await.map_err(|e| {
         anyhow!(
@@ -312,7 +335,7 @@ pub async fn connect() -> Result<kube::Client> {
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(v)) => {
             tracing::info!(version = %v.git_version, "connected to the Kubernetes API");
-            Ok(client)
+            Ok((client, v))
         }
         Ok(Err(e)) => Err(anyhow!(
             "cannot reach the Kubernetes API ({}); {hint}",
@@ -321,5 +344,25 @@ pub async fn connect() -> Result<kube::Client> {
         Err(_) => Err(anyhow!(
             "the Kubernetes API did not answer within 10s; {hint}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_sidecars_are_known_from_v1_29_and_assumed_for_odd_versions() {
+        let info = |major: &str, minor: &str| k8s_openapi::apimachinery::pkg::version::Info {
+            major: major.into(),
+            minor: minor.into(),
+            ..Default::default()
+        };
+        assert!(!has_native_sidecars(&info("1", "28")));
+        assert!(!has_native_sidecars(&info("1", "27+")));
+        assert!(has_native_sidecars(&info("1", "29")));
+        assert!(has_native_sidecars(&info("1", "36+")));
+        assert!(has_native_sidecars(&info("2", "0")));
+        assert!(has_native_sidecars(&info("", "")));
     }
 }
