@@ -430,8 +430,9 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duratio
     // `env` wins over the credentials Secret's `envFrom`, whose keys could otherwise set them (a
     // `BACKUP_FORGET_ARGS` there would prune a repository no retention was given for).
     let operator_only = |name: &str, value: String| EnvVar {
+        name: name.into(),
         value: (!value.is_empty()).then(|| escape_expansion(&value)),
-        ..env_value(name, "")
+        value_from: None,
     };
     env.push(operator_only(
         "BACKUP_INIT_DELAY",
