@@ -744,20 +744,7 @@ spec:
         ),
     );
     // The apiserver picks policies up asynchronously: wait until this one visibly acts.
-    let probe = format!(
-        r#"apiVersion: batch/v1
-kind: CronJob
-metadata: {{name: probe, namespace: {ns}}}
-spec:
-  schedule: "15 4 * * *"
-  jobTemplate:
-    spec:
-      template:
-        spec:
-          restartPolicy: Never
-          containers: [{{name: c, image: busybox, command: ["true"]}}]
-"#
-    );
+    let probe = fixtures::plain_cron_job_yaml(ns, "probe", "15 4 * * *");
     assert!(
         testkit::poll(WAIT, Duration::from_millis(300), || {
             let out = kubectl_stdin(cp, &["apply", "--dry-run=server", "-f", "-"], &probe);

@@ -4,6 +4,7 @@
 mod common;
 
 use common::cluster::{Mode, cluster, kubectl, kubectl_stdin};
+use common::fixtures;
 use testkit::control_plane::ControlPlane;
 
 fn volume_backup(ns: &str, name: &str, success: &str, failure: &str) -> String {
@@ -267,20 +268,7 @@ fn the_schedule_check_agrees_with_the_cron_job_api() {
         " @daily",
         "* * * *",
     ] {
-        let cron_job = format!(
-            r#"apiVersion: batch/v1
-kind: CronJob
-metadata: {{name: schedule-check, namespace: default}}
-spec:
-  schedule: "{schedule}"
-  jobTemplate:
-    spec:
-      template:
-        spec:
-          restartPolicy: Never
-          containers: [{{name: c, image: busybox, command: ["true"]}}]
-"#
-        );
+        let cron_job = fixtures::plain_cron_job_yaml("default", "schedule-check", schedule);
         let out = kubectl_stdin(cp, &["create", "--dry-run=server", "-f", "-"], &cron_job);
         let ours = backup_operator::schedule::check_schedule(schedule);
         if out.status.success() != ours.is_ok() {

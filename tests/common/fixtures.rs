@@ -124,6 +124,25 @@ pub async fn job_failed(client: &kube::Client, ns: &str, cj: &CronJob) {
     .unwrap();
 }
 
+/// A CronJob manifest without the notify label (one container running `true`), for tests of
+/// what the apiserver or a policy makes of a CronJob rather than of its injection.
+pub fn plain_cron_job_yaml(ns: &str, name: &str, schedule: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  schedule: "{schedule}"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{{name: c, image: busybox, command: ["true"]}}]
+"#
+    )
+}
+
 /// A minimal VolumeBackup manifest (claim `data`, repository `/repo`, Secret `restic`), for tests
 /// about the controller rather than the backup.
 pub fn volume_backup_yaml(ns: &str, name: &str) -> String {
