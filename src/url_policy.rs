@@ -148,6 +148,17 @@ impl Destination {
         }
     }
 
+    /// Allow rules: an address embedding an IPv4 address is classified as that address, so only
+    /// a rule naming the IPv4 address opens it; `--allow-destination 64:ff9b::/96` (NAT64)
+    /// must not open `64:ff9b::7f00:1`, which is loopback.
+    fn opens_ip(&self, ip: IpAddr) -> bool {
+        match (self, embedded_ipv4(ip)) {
+            (Destination::Net(net), Some(v4)) => net.contains(&IpAddr::V4(v4)),
+            _ => self.matches_ip(ip),
+        }
+    }
+
+    /// Deny rules: an address matches both as itself and as the IPv4 address it embeds.
     fn matches_ip(&self, ip: IpAddr) -> bool {
         match self {
             Destination::Net(net) => {
@@ -206,7 +217,7 @@ impl AddressClass {
             AddressClass::Unspecified => "unspecified (it means this host)",
             AddressClass::Multicast => "multicast",
             AddressClass::Broadcast => "broadcast",
-            AddressClass::Reserved => "reserved (240.0.0.0/4)",
+            AddressClass::Reserved => "reserved (IETF special-purpose, not a destination)",
             AddressClass::Loopback => "loopback",
             AddressClass::LinkLocal => "link-local",
             AddressClass::Private => "private (RFC 1918)",
@@ -235,6 +246,11 @@ pub enum Violation {
     NoHost,
     #[error("contains userinfo (user:password@), which is not allowed")]
     Userinfo,
+    #[error(
+        "the host contains the invisible character U+{:04X}, which host names drop; write the host without it",
+        u32::from(*.0)
+    )]
+    Invisible(char),
     #[error("has a fragment (#...), which is not allowed")]
     Fragment,
     #[error("uses http://, and https:// is required (--require-https)")]
@@ -343,8 +359,25 @@ impl UrlPolicy {
             ),
             other => return Err(Violation::Scheme(other.to_owned())),
         }
-        if !url.username().is_empty() || url.password().is_some() {
+        // `http:host/x` and `http:/host/x` parse (WHATWG repairs them) but are not absolute
+        // URLs to other tools; the raw scheme has the parsed scheme's length (ASCII lower-cased).
+        let Some(authority) = raw
+            .get(url.scheme().len()..)
+            .and_then(|rest| rest.strip_prefix("://"))
+        else {
+            return Err(Violation::Unparsable(format!(
+                "{}: must be followed by //",
+                url.scheme()
+            )));
+        };
+        // The parser drops an empty userinfo (`https://@host`, `https://:@host`), so the raw
+        // authority is looked at too.
+        let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
+        if !url.username().is_empty() || url.password().is_some() || authority.contains('@') {
             return Err(Violation::Userinfo);
+        }
+        if let Some(c) = authority.chars().find(|&c| is_dropped_from_host_names(c)) {
+            return Err(Violation::Invisible(c));
         }
         if url.fragment().is_some() {
             return Err(Violation::Fragment);
@@ -414,7 +447,13 @@ impl UrlPolicy {
                 what: "a cloud metadata service",
             });
         }
-        let is_localhost = host == "localhost" || host.ends_with(".localhost");
+        // The others are the names Debian's and the kubelet's /etc/hosts give ::1 and 127.0.0.1.
+        let is_localhost = host == "localhost"
+            || host.ends_with(".localhost")
+            || matches!(
+                host,
+                "localhost.localdomain" | "ip6-localhost" | "ip6-loopback"
+            );
         if is_localhost && !url.name_allowed {
             return Err(Violation::Blocked {
                 host: host.to_owned(),
@@ -443,7 +482,7 @@ impl UrlPolicy {
             });
         }
         let class = classify(ip);
-        let allowed = name_allowed || self.allow.iter().any(|r| r.matches_ip(ip));
+        let allowed = name_allowed || self.allow.iter().any(|r| r.opens_ip(ip));
         let blocked = if class.is_never_allowed() {
             true
         } else if matches!(class, AddressClass::Loopback | AddressClass::LinkLocal) {
@@ -607,7 +646,8 @@ fn classify_v4(ip: Ipv4Addr) -> AddressClass {
         AddressClass::Broadcast
     } else if ip.is_multicast() {
         AddressClass::Multicast
-    } else if o[0] >= 240 {
+    } else if o[0] >= 240 || (o[0], o[1], o[2]) == (192, 0, 0) {
+        // 240.0.0.0/4 and 192.0.0.0/24 (IETF protocol assignments: DS-Lite, NAT64 discovery).
         AddressClass::Reserved
     } else if ip.is_private() {
         AddressClass::Private
@@ -636,10 +676,29 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
         AddressClass::LinkLocal
     } else if ip.is_multicast() {
         AddressClass::Multicast
+    } else if (s[0] & 0xff80) == 0xfe00 {
+        // fe00::/9 is unassigned; the kubelet's /etc/hosts names fe00::1 `ip6-allnodes`.
+        AddressClass::Reserved
     } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 {
         // fec0::/10 (deprecated site-local) is routed like ULA where it still exists.
         AddressClass::UniqueLocal
     } else {
         AddressClass::Public
     }
+}
+
+/// Characters that IDNA maps to nothing (UTS #46 "ignored"): `a\u{200b}b.example` is checked and
+/// dialled as `ab.example`, so the stored URL would not show the host it reaches.
+fn is_dropped_from_host_names(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0xAD | 0x34F
+            | 0x180B..=0x180F
+            | 0x200B..=0x200D
+            | 0x2060..=0x2064
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0x1BCA0..=0x1BCA3
+            | 0xE0100..=0xE01EF
+    )
 }

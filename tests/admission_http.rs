@@ -543,7 +543,15 @@ async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_
     stuck.flush().await.unwrap();
     wait_in_flight(&op, 1).await;
     op.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The second signal must come after the first was handled, which /readyz shows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fixtures::http_get(op.admin, "/readyz").await.0 != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first SIGTERM was not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         op.child.try_wait().unwrap(),
         None,

@@ -93,11 +93,11 @@ fn locks(s3: &S3Server, repo: &str) -> usize {
 fn leave_a_stale_lock(s3: &S3Server, repo: &str) {
     let big = tempfile::tempdir().unwrap();
     std::fs::write(big.path().join("big.bin"), random_bytes(200_000_000, 7)).unwrap();
-    let mut child = restic_command(s3, repo, &["backup", big.path().to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = restic_command(s3, repo, &["backup", big.path().to_str().unwrap()]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Tied to the test process, so a failed assertion below does not leave it running.
+    let mut child = common::spawn_tied(cmd).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while locks(s3, repo) == 0 {
         assert!(std::time::Instant::now() < deadline, "restic took no lock");

@@ -822,7 +822,7 @@ async fn readyz_is_false_until_the_secrets_certificate_serves() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_, cert, key) = common::dev_certs(dir.path());
+    let (ca, cert, key) = common::dev_certs(dir.path());
     let ca_file = dir.path().join("ca.crt");
     kubectl_ok(
         cp,
@@ -845,4 +845,12 @@ async fn readyz_is_false_until_the_secrets_certificate_serves() {
     })
     .await
     .unwrap();
+    // Ready means serving the Secret's certificate, not some placeholder.
+    use rustls_pki_types::pem::PemObject;
+    let served = handshake(op.https, &ca.cert)
+        .await
+        .expect("a handshake trusting only the Secret's CA");
+    let want =
+        rustls_pki_types::CertificateDer::from_pem_slice(&std::fs::read(&cert).unwrap()).unwrap();
+    assert_eq!(served, want.as_ref());
 }

@@ -24,7 +24,6 @@ fn repo(p: &str) -> String {
 
 /// Objects of `yaml` (a stream) whose API the control plane serves.
 fn served_only(cp: &ControlPlane, yaml: &str) -> (String, Vec<String>) {
-    let served = kubectl_ok(cp, &["api-resources", "-o", "name"]);
     let kinds = kubectl_ok(cp, &["api-resources", "--no-headers"]);
     let mut kept = String::new();
     let mut skipped = Vec::new();
@@ -49,7 +48,6 @@ fn served_only(cp: &ControlPlane, yaml: &str) -> (String, Vec<String>) {
             skipped.push(kind);
         }
     }
-    assert!(!served.is_empty());
     (kept, skipped)
 }
 

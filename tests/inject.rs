@@ -1206,9 +1206,8 @@ proptest! {
     ) {
         let cj = generated(spec, target.as_deref());
         let m = inject::mutate(cj.clone(), &cfg);
-        if !m.injected() {
-            return Ok(());
-        }
+        // Only an injected CronJob has an injection to decline; proptest draws another case.
+        prop_assume!(m.injected());
         let once = apply(&cj, &m.patch);
         let broken = declined(&once, how, target.as_deref().unwrap_or("main"));
         let d = inject::mutate(broken.clone(), &cfg);

@@ -4,10 +4,20 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NOTIFIER: &str = env!("CARGO_BIN_EXE_backup-notifier");
+
+/// Kills the notifier when the test fails part-way: with SIGTERM blocked, nothing else would.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[test]
 fn a_sidecar_started_with_sigterm_blocked_still_exits_on_sigterm() {
@@ -34,8 +44,8 @@ fn a_sidecar_started_with_sigterm_blocked_still_exits_on_sigterm() {
             Ok(())
         });
     }
-    let mut notify = notify.spawn().unwrap();
-    let lines = BufReader::new(notify.stderr.take().unwrap());
+    let mut notify = KillOnDrop(notify.spawn().unwrap());
+    let lines = BufReader::new(notify.0.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in lines.lines().map_while(Result::ok) {
@@ -60,17 +70,15 @@ fn a_sidecar_started_with_sigterm_blocked_still_exits_on_sigterm() {
             break;
         }
     }
-    let pid = notify.id() as i32;
+    let pid = notify.0.id() as i32;
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        if let Some(status) = notify.try_wait().unwrap() {
+        if let Some(status) = notify.0.try_wait().unwrap() {
             assert_eq!(status.code(), Some(0));
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = notify.kill();
-    let _ = notify.wait();
     panic!("the sidecar ignored SIGTERM after the backup ended");
 }

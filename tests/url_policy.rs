@@ -735,3 +735,56 @@ fn rules_in_any_ipv4_spelling_are_address_rules() {
         assert!(err.contains(want), "{bad}: {err}");
     }
 }
+
+/// Spellings that parse but that other tools read differently, or that hide what is dialled.
+#[test]
+fn urls_that_do_not_show_the_host_they_reach_are_refused() {
+    let p = UrlPolicy::default();
+    run(
+        &p,
+        &[
+            // WHATWG repairs a missing `//`; RFC 3986 tools would not see a host at all.
+            ("http:hooks.example.com/x", Deny("must be followed by //")),
+            ("https:/hooks.example.com/x", Deny("must be followed by //")),
+            ("HTTPS://hooks.example.com/x", Ok),
+            // An empty userinfo is dropped by the parser, but it is still userinfo.
+            ("https://@hooks.example.com/x", Deny("userinfo")),
+            ("https://:@hooks.example.com/x", Deny("userinfo")),
+            ("https://hooks.example.com/a@b?c=@d", Ok),
+            // Characters IDNA maps to nothing: checked and dialled without them.
+            ("https://a\u{200b}b.example.com/x", Deny("U+200B")),
+            ("https://local\u{ad}host/x", Deny("U+00AD")),
+            ("https://hooks.example.com/\u{200b}", Ok),
+            ("https://müller.example/x", Ok),
+            // Loopback names from /etc/hosts.
+            ("https://ip6-localhost/x", Deny("loopback")),
+            ("https://ip6-loopback./x", Deny("loopback")),
+            ("https://LOCALHOST.localdomain/x", Deny("loopback")),
+            // 192.0.0.0/24 and fe00::/9 (the kubelet's `ip6-allnodes` is fe00::1).
+            ("https://192.0.0.170/x", Deny("reserved")),
+            ("https://[fe00::1]/x", Deny("reserved")),
+            ("https://192.0.1.1/x", Ok),
+            ("https://[fe80::1]/x", Deny("link-local")),
+        ],
+    );
+}
+
+/// An allow rule over an IPv6 range opens the IPv6 addresses in it, never the IPv4 addresses
+/// NAT64 or 6to4 addresses in it embed: those are classified as the IPv4 address.
+#[test]
+fn ipv6_allow_rules_do_not_open_embedded_ipv4_addresses() {
+    let p = policy(|p| p.allow = rules(&["64:ff9b::/96", "2002::/16", "::/0"]));
+    run(
+        &p,
+        &[
+            ("https://[64:ff9b::7f00:1]/x", Deny("loopback")),
+            ("https://[64:ff9b::a9fe:101]/x", Deny("link-local")),
+            ("https://[2002:7f00:1::1]/x", Deny("loopback")),
+            ("https://[::1]/x", Ok),
+            ("https://[64:ff9b::a9fe:a9fe]/x", Deny("cloud metadata")),
+        ],
+    );
+    // An IPv4 rule does open the embedded address, as it opens the address itself.
+    let p = policy(|p| p.allow = rules(&["127.0.0.1"]));
+    run(&p, &[("https://[64:ff9b::7f00:1]/x", Ok)]);
+}

@@ -216,6 +216,22 @@ fn s3_endpoint_must_be_https_and_pass_the_policy() {
         denials[0],
         "spec.source.endpoint: host ::1 is loopback; the backup Job may not connect there"
     );
+    // The scheme is case-insensitive, as for every URL.
+    let (denials, _) = verdict(
+        review(
+            "backups.k8s.bnerd.com",
+            "S3Backup",
+            "CREATE",
+            s3("HTTPS://s3.example.com"),
+            None,
+        ),
+        &UrlPolicy::default(),
+    );
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert!(
+        denials[0].starts_with("spec.webhooks.failure:"),
+        "{denials:?}"
+    );
 }
 
 #[test]
@@ -356,6 +372,24 @@ fn resources_other_than_cpu_memory_and_ephemeral_storage_are_denied() {
             "spec.resources.claims: the backup pod has no resourceClaims to refer to; the apiserver would refuse the CronJob",
         ]
     );
+}
+
+/// The apiserver does not check a CRD map's keys: a forged resource name with a line break
+/// must not add a line (a forged denial) to the answer.
+#[test]
+fn a_resource_name_with_a_line_break_stays_on_its_line() {
+    let mut obj = volume_backup(None, None);
+    let forged = format!("cpu\nspec.webhooks.success: forged{}", "x".repeat(1000));
+    obj["spec"]["resources"] = json!({"requests": {forged: "1"}});
+    let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert!(!denials[0].contains('\n'), "{}", denials[0]);
+    assert!(
+        denials[0].starts_with("spec.resources.requests[cpu\\nspec.webhooks.success: forged"),
+        "{}",
+        denials[0]
+    );
+    assert!(denials[0].len() < 700, "{} bytes", denials[0].len());
 }
 
 /// A path repository lives in the backup pod, which is deleted after each run: admitted (api.md

@@ -60,7 +60,8 @@ fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BadRequest> {
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(bad(format!(
             "expected kind {KIND} in {API_VERSION}, got {:?} in {:?}",
-            review.kind, review.api_version
+            crate::text::truncated(&review.kind, crate::text::QUOTE_MAX),
+            crate::text::truncated(&review.api_version, crate::text::QUOTE_MAX)
         )));
     }
     review

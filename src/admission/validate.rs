@@ -266,19 +266,19 @@ impl Checker<'_> {
     fn endpoint(&self, raw: &str) -> Result<Vec<String>, (String, &'static str)> {
         // The policy words its reasons for webhook URLs; the endpoint is where the backup Job
         // reads from.
-        let checked = self.url(raw).map_err(|(reason, class)| {
+        let checked = self.policy.check(raw).map_err(|v| {
             (
-                reason.replace(
+                v.to_string().replace(
                     "notifications cannot be sent there",
                     "the backup Job may not connect there",
                 ),
-                class,
+                violation_class(&v),
             )
         })?;
-        if !raw.starts_with("https://") {
+        if !checked.is_https() {
             return Err(("must be an https:// URL".into(), "scheme"));
         }
-        Ok(checked)
+        Ok(checked.warnings().to_vec())
     }
 
     /// Requests and limits that are no quantities, negative, or a request above its limit: the
@@ -301,7 +301,7 @@ impl Checker<'_> {
                     .as_ref()
                     .map(|o| o[i].1.and_then(|l| l.get(name)).map(|q| q.0.as_str()));
                 self.check(
-                    &format!("spec.resources.{list}[{name}]"),
+                    &format!("spec.resources.{list}[{}]", resource_key(name)),
                     Some(&value.0),
                     previous,
                     None,
@@ -310,7 +310,7 @@ impl Checker<'_> {
                         // than a quantity for extended resources and huge pages.
                         if !BACKUP_CONTAINER_RESOURCES.contains(&name.as_str()) {
                             return Err((
-                                format!("{name:?} is not a resource the backup container takes: cpu, memory or ephemeral-storage"),
+                                format!("{:?} is not a resource the backup container takes: cpu, memory or ephemeral-storage", crate::text::truncated(name, crate::text::QUOTE_MAX)),
                                 "resource_name",
                             ));
                         }
@@ -357,9 +357,10 @@ impl Checker<'_> {
             if !r.in_resource_list().exceeds(&l.in_resource_list()) {
                 continue;
             }
-            let field = format!("spec.resources.requests[{name}]");
+            let key = resource_key(name);
+            let field = format!("spec.resources.requests[{key}]");
             let reason = format!(
-                "{:?} is more than its limit {:?} (spec.resources.limits[{name}]); the apiserver would refuse the CronJob",
+                "{:?} is more than its limit {:?} (spec.resources.limits[{key}]); the apiserver would refuse the CronJob",
                 request.0, limit.0
             );
             if old_pair(name) == Some((Some(request.0.clone()), Some(limit.0.clone()))) {
@@ -491,12 +492,19 @@ fn is_local_repository(url: &str) -> bool {
 }
 
 /// Short, bounded label for the denial metric.
+/// A resource name as part of a field path: the apiserver does not check the keys of a CRD's
+/// map, so a forged key with a line break must not start a line of its own in the answer.
+fn resource_key(name: &str) -> String {
+    crate::text::escape_controls(&crate::text::truncated(name, crate::text::QUOTE_MAX))
+}
+
 pub fn violation_class(v: &Violation) -> &'static str {
     match v {
         Violation::TooLong(_) => "too_long",
-        Violation::WhitespaceOrControl | Violation::Backslash | Violation::Unparsable(_) => {
-            "unparsable"
-        }
+        Violation::WhitespaceOrControl
+        | Violation::Backslash
+        | Violation::Unparsable(_)
+        | Violation::Invisible(_) => "unparsable",
         Violation::Scheme(_) | Violation::InsecureScheme => "scheme",
         Violation::NoHost => "no_host",
         Violation::Userinfo => "userinfo",

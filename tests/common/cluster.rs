@@ -14,6 +14,8 @@ pub struct Cluster {
     pub cp: &'static ControlPlane,
     pub operator: Operator,
     pub certs: PathBuf,
+    /// The operator's flags, so a later caller asking for different ones is told.
+    args: Vec<String>,
 }
 
 /// What the shared operator runs as.
@@ -28,17 +30,17 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// Starts (once per test binary) the operator with `extra` flags and registers its webhooks.
 pub fn cluster(mode: Mode, extra: &[&str]) -> &'static Cluster {
-    CLUSTER.get_or_init(|| {
+    let mut args = vec![];
+    if matches!(mode, Mode::AdmissionOnly) {
+        args.push("--no-controller");
+    }
+    args.extend_from_slice(extra);
+    let cluster = CLUSTER.get_or_init(|| {
         let cp = ControlPlane::shared();
         install_crds(cp);
 
         let certs = tempfile::tempdir().unwrap().keep();
         let (_, cert, key) = dev_certs(&certs);
-        let mut args = vec![];
-        if matches!(mode, Mode::AdmissionOnly) {
-            args.push("--no-controller");
-        }
-        args.extend_from_slice(extra);
         let operator = Operator::start_with_env(
             &cert,
             &key,
@@ -50,8 +52,14 @@ pub fn cluster(mode: Mode, extra: &[&str]) -> &'static Cluster {
             cp,
             operator,
             certs,
+            args: args.iter().map(|a| a.to_string()).collect(),
         }
-    })
+    });
+    assert_eq!(
+        cluster.args, args,
+        "one operator per test binary: every test must ask for the same flags"
+    );
+    cluster
 }
 
 /// Installs both CRDs (waiting for Established) and the operator's namespace.
