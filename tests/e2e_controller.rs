@@ -763,6 +763,26 @@ spec:
     let cj = cjs.get("my-backup-backup").await.unwrap();
     assert_eq!(cj.spec.as_ref().unwrap().schedule, "0 3 * * *");
 
+    // The old CronJob still runs backups meanwhile: a failed one still reaches the status (and
+    // so alerts on it), although every reconcile fails at the apply.
+    fixtures::job_failed(&client, ns, &cj).await;
+    wait_for("lastFailedTime while the apply fails", WAIT, || async {
+        let vb = vbs.get("my-backup").await?;
+        let ready = ready(&vb);
+        anyhow::ensure!(
+            ready.as_ref().is_some_and(|r| r.1 == "ApplyFailed"),
+            "Ready is {ready:?}"
+        );
+        anyhow::ensure!(
+            vb.status.and_then(|s| s.last_failed_time).is_some(),
+            "lastFailedTime not set"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    wait_for_event(&client, ns, "BackupFailed", Some("Warning"), WAIT).await;
+
     let deleted = kubectl(
         cp,
         &[

@@ -509,7 +509,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         Ok(existing) => existing,
         Err(e) => {
             let e = kube_err(format!("reading CronJob {ns}/{cj_name}"))(e);
-            return Err(report_failure(obj, ctx, APPLY_FAILED, e).await);
+            return Err(report_failure(obj, ctx, APPLY_FAILED, e, None).await);
         }
     };
     let conflict = existing
@@ -529,7 +529,10 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         observed.push(conflict_condition(existing.as_ref(), kind, &name, &cj_name));
         None
     } else {
-        let current = existing.filter(|cj| already_applied(cj, &desired, &ctx.injector));
+        let current = existing
+            .as_ref()
+            .filter(|cj| already_applied(cj, &desired, &ctx.injector))
+            .cloned();
         let applied = current.is_none();
         let stored = match current {
             Some(cj) => cj,
@@ -549,7 +552,11 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
                 };
                 match written {
                     Ok(cj) => cj,
-                    Err(e) => return Err(report_failure(obj, ctx, APPLY_FAILED, e).await),
+                    // The CronJob in place (if any) still runs: its Jobs are still reported.
+                    Err(e) => {
+                        let ours = existing.as_ref();
+                        return Err(report_failure(obj, ctx, APPLY_FAILED, e, ours).await);
+                    }
                 }
             }
         };
@@ -581,7 +588,10 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     } else {
         match check_dependencies(&ctx.client, &ns, &obj.dependencies()).await {
             Ok(deps) => deps,
-            Err(e) => return Err(report_failure(obj, ctx, DEPENDENCY_CHECK_FAILED, e).await),
+            Err(e) => {
+                let ours = stored.as_ref();
+                return Err(report_failure(obj, ctx, DEPENDENCY_CHECK_FAILED, e, ours).await);
+            }
         }
     };
     if !deps.unchecked.is_empty() && ctx.secrets_unreadable_in(&ns) {
@@ -590,6 +600,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         tracing::warn!(%ns, "may not get Secrets in this namespace: backups there become Ready without the Secret checks");
     }
     let waiting = deps.missing.is_some() || conflict || refused;
+    let suspended = obj.common().suspended.unwrap_or(false);
     if let Some(m) = deps.missing {
         observed.push(m);
     } else if !waiting {
@@ -603,25 +614,29 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
                 names.join(", ")
             ),
         };
+        let runs = if suspended {
+            "is in place, suspended (spec.suspended); schedule"
+        } else {
+            "runs on schedule"
+        };
         observed.push(Observed::new(
             status::READY,
             true,
             "CronJobReady",
             format!(
-                "CronJob {cj_name} runs on schedule {:?}{unchecked}",
+                "CronJob {cj_name} {runs} {:?}{unchecked}",
                 obj.common().schedule
             ),
         ));
     }
-    let suspended = obj.common().suspended.unwrap_or(false);
     observed.push(Observed::new(
         status::SUSPENDED,
         suspended,
         if suspended { "Suspended" } else { "Active" },
-        if suspended {
-            "spec.suspended is true: no new backups start"
-        } else {
-            "backups run on schedule"
+        match (suspended, stored.is_some()) {
+            (true, _) => "spec.suspended is true: no new backups start",
+            (false, true) => "backups run on schedule",
+            (false, false) => "not suspended; no backups run until Ready is True",
         },
     ));
     let mut notifier_missing = false;
@@ -651,43 +666,8 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         });
     }
 
-    // Jobs: the later of what the status already says and what the Jobs still show (history
-    // limits delete old Jobs).
-    let owned = owned_jobs(
-        ctx,
-        kind,
-        &ns,
-        &name,
-        obj.meta().creation_timestamp.as_ref(),
-    )
-    .await?;
-    let finished: Vec<_> = owned.iter().filter_map(|j| status::finished(j)).collect();
-    let newest_ok = finished.iter().filter(|f| f.succeeded).map(|f| f.at).max();
-    let newest_failed = finished
-        .iter()
-        .filter(|f| !f.succeeded)
-        .max_by_key(|f| f.at);
-    let last_failed_time = status::latest(
-        previous.last_failed_time.clone(),
-        newest_failed.map(|f| f.at),
-    );
-    if let Some(f) = newest_failed
-        && previous
-            .last_failed_time
-            .as_ref()
-            .is_none_or(|t| f.at > t.0)
-    {
-        events.push((
-            EventType::Warning,
-            "BackupFailed".to_owned(),
-            format!("Job {} failed: {}", f.name, f.reason),
-        ));
-    }
-    let last_job = finished.iter().max_by_key(|f| f.at);
-    let cj_status = stored
-        .as_ref()
-        .and_then(|c| c.status.clone())
-        .unwrap_or_default();
+    let outcomes = outcomes(ctx, obj, stored.as_ref(), &previous).await?;
+    events.extend(outcomes.failed_event.clone());
 
     let (conditions, news) =
         status::merge(&previous.conditions, &observed, obj.meta().generation, now);
@@ -700,16 +680,8 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
     let new_status = BackupStatus {
         observed_generation: obj.meta().generation,
         cron_job_name: stored.as_ref().map(|_| cj_name.clone()),
-        last_schedule_time: status::latest(
-            previous.last_schedule_time.clone(),
-            cj_status.last_schedule_time.map(|t| t.0),
-        ),
-        last_successful_time: status::latest(
-            status::latest(previous.last_successful_time.clone(), newest_ok),
-            cj_status.last_successful_time.map(|t| t.0),
-        ),
-        last_failed_time,
         conditions,
+        ..outcomes.applied_to(&previous)
     };
     // Before the status: the events are derived from the status this reconcile read, so once
     // the new status is stored nobody would publish them again. A failed or abandoned status
@@ -723,24 +695,7 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         writes.remove(&(ns.clone(), name.clone()));
     }
 
-    ctx.metrics.backups.record(
-        &BackupLabels {
-            namespace: ns.clone(),
-            kind: K::KIND.as_str(),
-            name: name.clone(),
-        },
-        &BackupFigures {
-            last_success: new_status
-                .last_successful_time
-                .as_ref()
-                .map(|t| t.0.as_second()),
-            last_failure: new_status
-                .last_failed_time
-                .as_ref()
-                .map(|t| t.0.as_second()),
-            last_job: last_job.map(|f| (f.succeeded, f.duration_secs.unwrap_or(0.0))),
-        },
-    );
+    record_metrics(ctx, obj, &new_status, outcomes.last_job);
 
     Ok(if waiting || notifier_missing {
         // Back off while something is missing (re-applying also gives a mutating webhook that
@@ -832,19 +787,35 @@ async fn report_failure<K: Reconciled>(
     ctx: &Context,
     reason: &'static str,
     error: Error,
+    cron_job: Option<&CronJob>,
 ) -> Error {
     let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
         return error;
     };
     let previous = obj.status().cloned().unwrap_or_default();
+    // Whatever failed, the CronJob in place keeps running backups: their outcomes still reach
+    // the status, the events and the metrics (alerts on the last success must keep working).
+    let outcomes = match outcomes(ctx, obj, cron_job, &previous).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(kind = K::KIND.as_str(), namespace = %ns, name = %name, error = %crate::errors::chain(&e), "could not read the backup's Jobs");
+            Outcomes::unchanged()
+        }
+    };
+    let with_outcomes = outcomes.applied_to(&previous);
+    let outcomes_news = with_outcomes != previous;
+    record_metrics(ctx, obj, &with_outcomes, outcomes.last_job);
+    let previous_stored = previous;
+    let previous = with_outcomes;
     let ready = Observed::new(
         status::READY,
         false,
         reason,
         crate::text::truncated(&error.message(), CONDITION_MESSAGE_MAX),
     );
-    let (new_status, news) =
+    let (new_status, ready_news) =
         status::with_ready(&previous, &ready, obj.meta().generation, Timestamp::now());
+    let news = ready_news || outcomes_news;
     let key = (ns, name);
     let now = Instant::now();
     let last = ctx
@@ -852,17 +823,14 @@ async fn report_failure<K: Reconciled>(
         .lock()
         .ok()
         .and_then(|w| w.get(&key).copied());
-    if !failure_write_due(news, new_status != previous, last, now) {
+    if !failure_write_due(news, new_status != previous_stored, last, now) {
         return error;
     }
-    if news {
-        publish(
-            ctx,
-            obj,
-            vec![(EventType::Warning, reason.to_owned(), ready.message.clone())],
-        )
-        .await;
+    let mut events: Vec<_> = outcomes.failed_event.into_iter().collect();
+    if ready_news {
+        events.push((EventType::Warning, reason.to_owned(), ready.message.clone()));
     }
+    publish(ctx, obj, events).await;
     match write_status(ctx, obj, &new_status).await {
         Ok(()) => {
             if let Ok(mut writes) = ctx.failure_writes.lock() {
@@ -876,10 +844,125 @@ async fn report_failure<K: Reconciled>(
     error
 }
 
-/// The backup's Jobs, from the cache once its first list is in; until then (the first
-/// reconciles of a leadership term, while that list is in flight) by a LIST, so a status never
-/// misses a Job. The cache holds only this kind's Jobs, slimmed; scanning it is far cheaper
-/// than the LIST it replaces.
+/// What the backup's Jobs say, merged with what the status already said.
+#[derive(Debug)]
+struct Outcomes {
+    last_schedule_time: Option<Time>,
+    last_successful_time: Option<Time>,
+    last_failed_time: Option<Time>,
+    /// The newest finished Job: succeeded, and how long it ran.
+    last_job: Option<(bool, f64)>,
+    /// `BackupFailed`, when a Job failed after what the status says.
+    failed_event: Option<(EventType, String, String)>,
+}
+
+impl Outcomes {
+    /// Nothing new: the status's own times, and no Job to report.
+    fn unchanged() -> Self {
+        Outcomes {
+            last_schedule_time: None,
+            last_successful_time: None,
+            last_failed_time: None,
+            last_job: None,
+            failed_event: None,
+        }
+    }
+
+    /// `previous` with its times moved forward to these.
+    fn applied_to(&self, previous: &BackupStatus) -> BackupStatus {
+        let later =
+            |a: &Option<Time>, b: &Option<Time>| status::latest(a.clone(), b.as_ref().map(|t| t.0));
+        BackupStatus {
+            last_schedule_time: later(&previous.last_schedule_time, &self.last_schedule_time),
+            last_successful_time: later(&previous.last_successful_time, &self.last_successful_time),
+            last_failed_time: later(&previous.last_failed_time, &self.last_failed_time),
+            ..previous.clone()
+        }
+    }
+}
+
+/// The outcomes of the Jobs of `cron_job`, the backup's own CronJob (none while there is none
+/// of ours: a conflicting or orphaned CronJob's Jobs are not this backup's). The later of what
+/// the status already says and what the Jobs still show (history limits delete old Jobs).
+async fn outcomes<K: Reconciled>(
+    ctx: &Context,
+    obj: &K,
+    cron_job: Option<&CronJob>,
+    previous: &BackupStatus,
+) -> Result<Outcomes, Error> {
+    let Some(cron_job) = cron_job else {
+        return Ok(Outcomes::unchanged());
+    };
+    let name = obj.name_any();
+    let ns = obj
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let owned = owned_jobs(
+        ctx,
+        K::KIND.as_str(),
+        &ns,
+        &name,
+        obj.meta().creation_timestamp.as_ref(),
+        cron_job.uid().as_deref().unwrap_or_default(),
+    )
+    .await?;
+    let finished: Vec<_> = owned.iter().filter_map(|j| status::finished(j)).collect();
+    let newest_ok = finished.iter().filter(|f| f.succeeded).map(|f| f.at).max();
+    let newest_failed = finished
+        .iter()
+        .filter(|f| !f.succeeded)
+        .max_by_key(|f| f.at);
+    let failed_event = newest_failed
+        .filter(|f| {
+            previous
+                .last_failed_time
+                .as_ref()
+                .is_none_or(|t| f.at > t.0)
+        })
+        .map(|f| {
+            (
+                EventType::Warning,
+                "BackupFailed".to_owned(),
+                format!("Job {} failed: {}", f.name, f.reason),
+            )
+        });
+    let cj_status = cron_job.status.clone().unwrap_or_default();
+    Ok(Outcomes {
+        last_schedule_time: cj_status.last_schedule_time,
+        last_successful_time: status::latest(cj_status.last_successful_time, newest_ok),
+        last_failed_time: newest_failed.map(|f| Time(f.at)),
+        last_job: finished
+            .iter()
+            .max_by_key(|f| f.at)
+            .map(|f| (f.succeeded, f.duration_secs.unwrap_or(0.0))),
+        failed_event,
+    })
+}
+
+/// The backup's metrics from its status and its newest finished Job.
+fn record_metrics<K: Reconciled>(
+    ctx: &Context,
+    obj: &K,
+    status: &BackupStatus,
+    last_job: Option<(bool, f64)>,
+) {
+    ctx.metrics.backups.record(
+        &BackupLabels {
+            namespace: obj.namespace().unwrap_or_default(),
+            kind: K::KIND.as_str(),
+            name: obj.name_any(),
+        },
+        &BackupFigures {
+            last_success: status
+                .last_successful_time
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            last_failure: status.last_failed_time.as_ref().map(|t| t.0.as_second()),
+            last_job,
+        },
+    );
+}
+
 /// `Ready=False` for a CronJob of the generated name that this backup does not own.
 fn conflict_condition(
     existing: Option<&CronJob>,
@@ -913,11 +996,19 @@ fn conflict_condition(
     }
 }
 
-/// Whether `job` is one of the backup `name`'s: created by its CronJob, and since `created`. A
-/// Job from before is an earlier backup's of the same name (deleted and created again), whose
-/// history is not this one's.
-fn is_backups_job(job: &Job, ns: &str, name: &str, created: Option<&Time>) -> bool {
+/// Whether `job` is one of the backup `name`'s: owned by its CronJob (uid `cron_job_uid`), and
+/// created since the backup was. A Job from before is an earlier backup's of the same name
+/// (deleted and created again), whose history is not this one's; so are the Jobs of an orphaned
+/// CronJob of that name (`kubectl delete --cascade=orphan`), which carry the same annotation.
+fn is_backups_job(
+    job: &Job,
+    ns: &str,
+    name: &str,
+    created: Option<&Time>,
+    cron_job_uid: &str,
+) -> bool {
     job.metadata.namespace.as_deref() == Some(ns)
+        && job.owner_references().iter().any(|o| o.uid == cron_job_uid)
         && job
             .annotations()
             .get(labels::OWNER_NAME)
@@ -926,15 +1017,19 @@ fn is_backups_job(job: &Job, ns: &str, name: &str, created: Option<&Time>) -> bo
         && job.metadata.creation_timestamp.as_ref() >= created
 }
 
-/// The Jobs of the backup `name` ([`is_backups_job`]).
+/// The Jobs of the backup `name` ([`is_backups_job`]), from the cache once its first list is
+/// in; until then (the first reconciles of a leadership term, while that list is in flight) by
+/// a LIST, so a status never misses a Job. The cache holds only this kind's Jobs, slimmed;
+/// scanning it is far cheaper than the LIST it replaces.
 async fn owned_jobs(
     ctx: &Context,
     kind: &str,
     ns: &str,
     name: &str,
     created: Option<&Time>,
+    cron_job_uid: &str,
 ) -> Result<Vec<Arc<Job>>, Error> {
-    let ours = |j: &Job| is_backups_job(j, ns, name, created);
+    let ours = |j: &Job| is_backups_job(j, ns, name, created, cron_job_uid);
     if store_ready(&ctx.jobs) {
         return Ok(ctx.jobs.state_filter(ours));
     }
@@ -951,8 +1046,22 @@ async fn owned_jobs(
 }
 
 pub fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %err, "reconcile failed; retrying in 15s");
-    Action::requeue(Duration::from_secs(15))
+    let since = obj.status().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::READY && c.status == "False")
+            .map(|c| Timestamp::now().duration_since(c.last_transition_time.0))
+    });
+    let retry = retry_after_error(since.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %err, retry_in_s = retry.as_secs(), "reconcile failed; retrying");
+    Action::requeue(retry)
+}
+
+/// How soon a failed reconcile is tried again, given how long (seconds) `Ready` has been
+/// False: half of that, from 15 s up to 5 min. A cause that lasts (a webhook or a policy that
+/// refuses the CronJob) must not cost every backup a GET and an apply every 15 s.
+fn retry_after_error(failing_for_secs: f64) -> Duration {
+    Duration::from_secs_f64((failing_for_secs / 2.0).clamp(15.0, 300.0))
 }
 
 #[cfg(test)]
@@ -1259,6 +1368,14 @@ mod tests {
         assert!(already_applied(&stored, &desired, &injector));
     }
 
+    #[test]
+    fn failed_reconciles_back_off_from_15_seconds_to_5_minutes() {
+        assert_eq!(retry_after_error(0.0), Duration::from_secs(15));
+        assert_eq!(retry_after_error(-5.0), Duration::from_secs(15));
+        assert_eq!(retry_after_error(120.0), Duration::from_secs(60));
+        assert_eq!(retry_after_error(86_400.0), Duration::from_secs(300));
+    }
+
     /// A CronJob left by an earlier backup of the same name (deleted and created again) is
     /// waited for, not reported as a conflict to rename; its Jobs are not this backup's.
     #[test]
@@ -1296,20 +1413,33 @@ mod tests {
                 namespace: Some("ns".into()),
                 annotations: Some([(labels::OWNER_NAME.to_owned(), "db".to_owned())].into()),
                 creation_timestamp: at(created),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "CronJob".into(),
+                    name: "db-backup".into(),
+                    uid: "cj-uid".into(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             },
             ..Default::default()
         };
         let created = at(1_000);
-        assert!(is_backups_job(&job(1_000), "ns", "db", created.as_ref()));
-        assert!(is_backups_job(&job(2_000), "ns", "db", created.as_ref()));
-        assert!(!is_backups_job(&job(999), "ns", "db", created.as_ref()));
+        let ours =
+            |j: &Job, ns: &str, name: &str| is_backups_job(j, ns, name, created.as_ref(), "cj-uid");
+        assert!(ours(&job(1_000), "ns", "db"));
+        assert!(ours(&job(2_000), "ns", "db"));
+        assert!(!ours(&job(999), "ns", "db"));
+        assert!(!ours(&job(2_000), "other", "db"));
+        assert!(!ours(&job(2_000), "ns", "web"));
+        // The same name and annotation, from another CronJob (an orphaned one of that name).
         assert!(!is_backups_job(
             &job(2_000),
-            "other",
+            "ns",
             "db",
-            created.as_ref()
+            created.as_ref(),
+            "other-cj-uid"
         ));
-        assert!(!is_backups_job(&job(2_000), "ns", "web", created.as_ref()));
     }
 }

@@ -99,6 +99,17 @@ pub async fn job_failed(client: &kube::Client, ns: &str, cj: &CronJob) {
                 .metadata
                 .as_ref()
                 .and_then(|m| m.annotations.clone()),
+            // As the CronJob controller (and `kubectl create job --from=cronjob/…`) sets it.
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "CronJob".into(),
+                    name: cj.metadata.name.clone().unwrap_or_default(),
+                    uid: cj.metadata.uid.clone().unwrap_or_default(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                },
+            ]),
             ..Default::default()
         },
         spec: Some(spec),
