@@ -162,10 +162,11 @@ fn due(pem: &str) -> Result<bool> {
 /// [`serving_fault`]); `None` when it is good as it is. The signing CA is in the bundle in every
 /// phase, so what it issues is always trusted.
 fn reissued(cfg: &RotationConfig, signing: &PemPair, serving: &PemPair) -> Result<Option<PemPair>> {
-    if due(&serving.cert)? {
-        tracing::info!("renewing the serving certificate");
-    } else if let Some(fault) = serving_fault(cfg, signing, serving) {
+    // The fault first: `due` cannot judge a certificate that does not parse.
+    if let Some(fault) = serving_fault(cfg, signing, serving) {
         tracing::warn!(reason = %fault, "reissuing the serving certificate");
+    } else if due(&serving.cert)? {
+        tracing::info!("renewing the serving certificate");
     } else {
         return Ok(None);
     }
@@ -378,6 +379,17 @@ fn serving_fault(cfg: &RotationConfig, signing: &PemPair, serving: &PemPair) -> 
     if certs::signed_by(serving.cert.as_bytes(), signing.cert.as_bytes()) != Some(true) {
         return Some("tls.crt is not signed by signing-ca.crt".into());
     }
+    // Issued by a leader whose clock was ahead (or by hand): the apiserver refuses it until then.
+    if let Ok((from, _)) = certs::validity_pem(&serving.cert)
+        && from > now() + CLOCK_AHEAD_MS / 1000
+    {
+        let at = k8s_openapi::jiff::Timestamp::from_second(from)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| from.to_string());
+        return Some(format!(
+            "tls.crt is not valid before {at}, which is in the future (a clock ahead where it was issued)"
+        ));
+    }
     match certs::names_missing(&serving.cert, &cfg.dns_names, &cfg.ips) {
         Ok(missing) if missing.is_empty() => None,
         Ok(missing) => Some(format!("tls.crt does not name {}", missing.join(", "))),
@@ -530,6 +542,10 @@ async fn write(
     Ok(())
 }
 
+/// How far ahead of this replica's clock a recorded time may be before it is distrusted: more
+/// than NTP-synchronised nodes ever disagree by.
+const CLOCK_AHEAD_MS: i64 = 60_000;
+
 /// Writes the Secret's bundle into both webhook configurations and returns since when (Unix
 /// milliseconds) they have held it: the time recorded in the Secret, or now (recorded) when
 /// there is none for this phase and bundle, or when a configuration had to be written (someone
@@ -546,10 +562,19 @@ async fn confirm(
     let wrote =
         inject_ca_bundle(client, &cfg.webhook_configuration, stored.bundle.as_bytes()).await?;
     let digest = digest(stored.phase, &stored.bundle);
-    if !wrote && let Some(since) = confirmed_since(secret, &digest) {
-        return Ok(since);
-    }
     let since = now_ms();
+    match confirmed_since(secret, &digest) {
+        // A time ahead of this clock (recorded by a leader whose clock was ahead) would hold the
+        // rotation until this clock catches up; the configurations hold the bundle now, so the
+        // count starts again from now.
+        Some(recorded) if recorded > since.saturating_add(CLOCK_AHEAD_MS) => tracing::warn!(
+            recorded_ms = recorded,
+            now_ms = since,
+            "the CA bundle's confirmation time is in the future (a clock ahead where it was recorded); counting from now"
+        ),
+        Some(recorded) if !wrote => return Ok(recorded),
+        _ => {}
+    }
     secret
         .metadata
         .annotations
@@ -880,6 +905,22 @@ mod tests {
         (ca, other, serving, bundle)
     }
 
+    /// What a leader whose clock is a day ahead would issue.
+    fn from_tomorrow(c: &RotationConfig, ca: &PemPair) -> PemPair {
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&ca.cert, rcgen::KeyPair::from_pem(&ca.key).unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(c.dns_names.clone()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::days(1);
+        params.not_after = now + time::Duration::days(2);
+        PemPair {
+            cert: params.signed_by(&key, &issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
     #[test]
     fn cert_a_hand_edited_serving_certificate_is_reissued_by_the_signing_ca() {
         let c = cfg();
@@ -912,6 +953,11 @@ mod tests {
                 &c,
             ),
             ("a name the flags no longer give", good.clone(), &renamed),
+            (
+                "a certificate valid only from tomorrow",
+                from_tomorrow(&c, &ca),
+                &c,
+            ),
         ] {
             let (phase, d) = decide(cfg, &with(&serving), false)
                 .unwrap()
