@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,12 +20,18 @@ use tokio_rustls::TlsConnector;
 
 use crate::metrics::Metrics;
 
+const READY: u8 = 1;
+const NOT_READY: u8 = 2;
+
 /// Shared by the admin handlers and the shutdown logic.
 pub struct Health {
     pub https_addr: SocketAddr,
     pub shutting_down: AtomicBool,
     pub metrics: Metrics,
     probe: TlsConnector,
+    /// What the last `/readyz` answered ([`READY`], [`NOT_READY`], 0 before the first), so
+    /// that changes are logged.
+    ready: AtomicU8,
 }
 
 impl Health {
@@ -42,33 +48,56 @@ impl Health {
             shutting_down: AtomicBool::new(false),
             metrics,
             probe: TlsConnector::from(Arc::new(config)),
+            ready: AtomicU8::new(0),
         })
     }
 
     /// Dials our own HTTPS listener and completes a handshake: the question is whether TLS is
     /// being served now, not who we are, so the certificate is not verified here.
     async fn tls_serving(&self) -> Result<(), String> {
-        let mut target = self.https_addr;
-        if target.ip().is_unspecified() {
-            target.set_ip(match target.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
-        }
-        let dial = async {
-            let tcp = TcpStream::connect(target)
-                .await
-                .map_err(|e| format!("connect to {target}: {e}"))?;
-            let name = ServerName::IpAddress(target.ip().into());
-            self.probe
-                .connect(name, tcp)
-                .await
-                .map(drop)
-                .map_err(|e| format!("TLS handshake with {target}: {e}"))
+        let port = self.https_addr.port();
+        // A wildcard listener is dialled on loopback; `[::]` on ::1, or on 127.0.0.1 where
+        // loopback has no IPv6 address (the dual-stack listener takes IPv4 too).
+        let targets: &[IpAddr] = match self.https_addr.ip() {
+            IpAddr::V4(v4) if v4.is_unspecified() => &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            IpAddr::V6(v6) if v6.is_unspecified() => &[
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ],
+            _ => &[],
         };
-        tokio::time::timeout(Duration::from_secs(1), dial)
+        let targets: Vec<SocketAddr> = if targets.is_empty() {
+            vec![self.https_addr]
+        } else {
+            targets
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect()
+        };
+        let dial = async {
+            let mut refused = Vec::new();
+            for target in &targets {
+                let tcp = match TcpStream::connect(target).await {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        refused.push(format!("connect to {target}: {e}"));
+                        continue;
+                    }
+                };
+                let name = ServerName::IpAddress(target.ip().into());
+                return self
+                    .probe
+                    .connect(name, tcp)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("TLS handshake with {target}: {e}"));
+            }
+            Err(refused.join("; "))
+        };
+        // Inside the kubelet's probe timeout (2 s in the manifests), so the answer says why.
+        tokio::time::timeout(Duration::from_millis(800), dial)
             .await
-            .map_err(|_| format!("TLS handshake with {target} timed out"))?
+            .map_err(|_| format!("TLS handshake with {} timed out", targets[0]))?
     }
 }
 
@@ -87,7 +116,17 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
             "shutting down\n".to_owned(),
         );
     }
-    match h.tls_serving().await {
+    let serving = h.tls_serving().await;
+    // The kubelet keeps only the status code of a failed probe: the reason goes to the log,
+    // once per change.
+    let now = if serving.is_ok() { READY } else { NOT_READY };
+    match (h.ready.swap(now, Ordering::SeqCst), &serving) {
+        (READY, Ok(())) | (NOT_READY, Err(_)) => {}
+        (_, Ok(())) => tracing::info!("ready: the HTTPS listener completes TLS handshakes"),
+        (READY, Err(e)) => tracing::warn!(reason = %e, "not ready any more"),
+        (_, Err(e)) => tracing::info!(reason = %e, "not ready yet"),
+    }
+    match serving {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }

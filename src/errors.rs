@@ -3,6 +3,8 @@
 /// `e` and each of its sources, joined by `: `, skipping a source whose text `e` already
 /// carries. kube's and hyper's errors put the cause that matters to an operator (connection
 /// refused, an unknown CA) only in `source()`; `Display` alone would say `client error (Connect)`.
+/// Control characters are escaped: an admission webhook's denial, which the apiserver passes on,
+/// may span lines.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -14,7 +16,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         }
         source = inner.source();
     }
-    s
+    crate::text::escape_controls(&s)
 }
 
 #[cfg(test)]
@@ -24,6 +26,18 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("client error (Connect)")]
     struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("admission webhook \"policy\" denied the request:\nrule 1 failed\nrule 2 failed")]
+    struct MultiLine;
+
+    #[test]
+    fn a_multi_line_message_stays_on_one_line() {
+        assert_eq!(
+            chain(&MultiLine),
+            "admission webhook \"policy\" denied the request:\\nrule 1 failed\\nrule 2 failed"
+        );
+    }
 
     #[test]
     fn every_cause_is_named_once() {

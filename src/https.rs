@@ -3,7 +3,7 @@
 //! idle keep-alive connections at once (the apiserver otherwise keeps reusing connections to a
 //! terminating pod, k8s #127335).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -49,11 +49,27 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// apiserver's and the probes' heads are well under 2 KiB. Bodies stream through it in pieces.
 const MAX_READ_BUFFER: usize = 32 * 1024;
 
-/// Binds the listener; separate from [`serve`] so bind errors surface before anything else runs.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the HTTPS listener on {addr}"))
+/// Binds the `what` listener; separate from [`serve`] so bind errors surface before anything
+/// else runs. `[::]` (the default: IPv6-only clusters dial the pod's IPv6 address, and on Linux
+/// it takes IPv4 too) falls back to `0.0.0.0` on a node whose kernel has IPv6 turned off.
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && ipv6_unavailable(&e) => {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+            tracing::info!(%addr, fallback = %v4, error = %e, "IPv6 is not available; the {what} listener takes IPv4 only");
+            TcpListener::bind(v4)
+                .await
+                .with_context(|| format!("binding the {what} listener on {v4}"))
+        }
+        bound => bound.with_context(|| format!("binding the {what} listener on {addr}")),
+    }
+}
+
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
 }
 
 /// Serves `router` until `shutdown` turns true, then drains for at most `drain_timeout`.

@@ -14,7 +14,8 @@ pub struct LogArgs {
     /// Log format.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax), e.g. info or backup_operator=debug.
+    /// Log filter (tracing EnvFilter syntax), e.g. debug, or info,backup_operator=debug (a
+    /// target alone, backup_operator=debug, silences every other crate).
     #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info", value_parser = parse_filter)]
     pub log_level: String,
 }

@@ -63,7 +63,22 @@ pub struct BackupFigures {
     pub last_success: Option<i64>,
     pub last_failure: Option<i64>,
     /// Outcome and duration of the most recent finished Job.
-    pub last_job: Option<(bool, f64)>,
+    pub last_job: LastJob,
+}
+
+/// The most recent finished Job of a backup, as far as the controller could tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum LastJob {
+    /// The Jobs could not be read (an API error): the series stay as they were, so that a
+    /// blip neither resolves nor raises an alert.
+    #[default]
+    Unknown,
+    /// None has finished (yet, or since the backup was created again): no series.
+    None,
+    Finished {
+        succeeded: bool,
+        secs: f64,
+    },
 }
 
 /// Per-resource backup metrics; series of deleted resources are dropped by [`Self::retain`].
@@ -117,16 +132,17 @@ impl BackupMetrics {
             }
         }
         match f.last_job {
-            Some((ok, secs)) => {
+            LastJob::Finished { succeeded, secs } => {
                 self.last_job_success
                     .get_or_create(labels)
-                    .set(i64::from(ok));
+                    .set(i64::from(succeeded));
                 self.last_job_duration.get_or_create(labels).set(secs);
             }
-            None => {
+            LastJob::None => {
                 self.last_job_success.remove(labels);
                 self.last_job_duration.remove(labels);
             }
+            LastJob::Unknown => {}
         }
         if let Ok(mut known) = self.known.lock() {
             known.insert(labels.clone());
@@ -185,11 +201,12 @@ impl Metrics {
             webhook_requests.clone(),
         );
         let webhook_latency = Family::<WebhookLabels, Histogram>::new_with_constructor(|| {
-            // 100 µs to ~3 s: handlers answer in well under a millisecond, the apiserver
-            // gives up after the webhook timeout (2-3 s).
+            // 100 µs to 10 s: handlers answer in well under a millisecond; the apiserver gives
+            // up after the webhook timeout (2 s for /mutate, 3 s for /validate), and a body
+            // that trickles in is cut off after 10 s (408).
             Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5,
+                1.0, 2.0, 2.5, 3.0, 5.0, 10.0,
             ])
         });
         registry.register(
@@ -291,7 +308,10 @@ mod tests {
             &BackupFigures {
                 last_success: Some(1_700_000_000),
                 last_failure: Some(1_700_000_100),
-                last_job: Some((false, 12.5)),
+                last_job: LastJob::Finished {
+                    succeeded: false,
+                    secs: 12.5,
+                },
             },
         );
         let text = metrics.render();
@@ -303,7 +323,21 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }
+        // Jobs that could not be read leave the Job series as they were.
         metrics.backups.record(&labels, &BackupFigures::default());
+        let text = metrics.render();
+        assert!(
+            text.contains("backup_last_job_success{")
+                && !text.contains("backup_last_success_timestamp_seconds{"),
+            "{text}"
+        );
+        metrics.backups.record(
+            &labels,
+            &BackupFigures {
+                last_job: LastJob::None,
+                ..BackupFigures::default()
+            },
+        );
         let text = metrics.render();
         assert!(!text.contains("name=\"db\""), "{text}");
     }

@@ -21,14 +21,15 @@ use crate::{duration, errors, https, tls};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
-    /// HTTPS address of POST /validate and POST /mutate.
-    #[arg(long, env = "BACKUP_OPERATOR_LISTEN", default_value = "0.0.0.0:8443")]
+    /// HTTPS address of POST /validate and POST /mutate. The default takes IPv6 and IPv4
+    /// (IPv4 only where the kernel has no IPv6).
+    #[arg(long, env = "BACKUP_OPERATOR_LISTEN", default_value = "[::]:8443")]
     pub listen: SocketAddr,
     /// Plain-HTTP address of GET /healthz, /readyz and /metrics.
     #[arg(
         long,
         env = "BACKUP_OPERATOR_ADMIN_LISTEN",
-        default_value = "0.0.0.0:8080"
+        default_value = "[::]:8080"
     )]
     pub admin_listen: SocketAddr,
     /// PEM certificate chain served on --listen. Reloaded when it changes (cert-manager or any
@@ -60,7 +61,8 @@ pub struct ServeArgs {
     /// change through a symlink swap that file events can miss). 1s to 1h. Only with --tls-cert.
     #[arg(long, default_value = "10s", value_parser = |s: &str| duration::within(s, Duration::from_secs(1), Duration::from_secs(3600)), conflicts_with = "tls_secret")]
     pub tls_reload_interval: Duration,
-    /// Serve admission only: no controller, no connection to the cluster needed.
+    /// Serve admission only: no controller, and no connection to the cluster needed (unless
+    /// --tls-secret, whose certificates come from the cluster).
     #[arg(long)]
     pub no_controller: bool,
     /// Largest admission request body accepted, in bytes (bigger ones get 413). At least 65536.
@@ -106,7 +108,6 @@ pub struct SelfManagedArgs {
     pub webhook_configuration: String,
 }
 
-/// Go-style durations (`10s`, `1m30s`), as in every Kubernetes flag.
 /// Longest validity `--ca-validity`, `--cert-validity` and `cert generate --valid-for` take: a
 /// century, far inside what an X.509 date can hold.
 pub const MAX_VALIDITY: Duration = Duration::from_secs(876_000 * 3600);
@@ -177,13 +178,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     }
 
-    let https_listener = https::bind(args.listen).await?;
+    let https_listener = https::bind(args.listen, "HTTPS").await?;
     let https_addr = https_listener
         .local_addr()
         .context("reading the HTTPS listener address")?;
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin listener on {}", args.admin_listen))?;
+    let admin_listener = https::bind(args.admin_listen, "admin").await?;
     let admin_addr = admin_listener
         .local_addr()
         .context("reading the admin listener address")?;
@@ -299,8 +298,6 @@ async fn signals(stop: watch::Sender<bool>, health: Arc<Health>) {
 /// server-side watch timeout plus 5 s), so a quiet watch is never cut by it.
 pub const API_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A client for the cluster in the environment (in-cluster or KUBECONFIG), checked by one call
-/// with a deadline so an unreachable cluster fails fast with one line.
 /// Whether the apiserver's version has native sidecars on by default (v1.29+). A minor that
 /// does not parse (a vendor's spelling) is given the benefit of the doubt.
 fn has_native_sidecars(v: &k8s_openapi::apimachinery::pkg::version::Info) -> bool {
@@ -314,7 +311,8 @@ fn has_native_sidecars(v: &k8s_openapi::apimachinery::pkg::version::Info) -> boo
     }
 }
 
-/// A client for the cluster, and the apiserver's version, which proves it answers.
+/// A client for the cluster in the environment (in-cluster or KUBECONFIG), and the apiserver's
+/// version: one call with a deadline, so an unreachable cluster fails fast with one line.
 pub async fn connect() -> Result<(kube::Client, k8s_openapi::apimachinery::pkg::version::Info)> {
     let hint = "run with --no-controller to serve admission only";
     let mut config = kube::Config::infer().await.map_err(|e| {

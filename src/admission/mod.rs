@@ -127,30 +127,44 @@ async fn observe(State(state): State<Arc<AdmissionState>>, req: Request, next: N
         Some("/mutate") => "mutate",
         _ => "other",
     };
-    let started = Instant::now();
-    // Decremented on drop: hyper drops the handler of a client that goes away mid-request.
-    struct InFlight(prometheus_client::metrics::gauge::Gauge);
+    // Counted on drop: hyper drops the handler of a client that goes away mid-request (the
+    // apiserver at its webhook timeout), and a request the apiserver gave up on must show.
+    struct InFlight {
+        metrics: Arc<AdmissionState>,
+        webhook: &'static str,
+        started: Instant,
+        code: u16,
+    }
     impl Drop for InFlight {
         fn drop(&mut self) {
-            self.0.dec();
+            let m = &self.metrics.metrics;
+            m.webhook_in_flight.dec();
+            let labels = WebhookLabels {
+                webhook: self.webhook,
+                code: self.code,
+            };
+            m.webhook_requests.get_or_create(&labels).inc();
+            m.webhook_latency
+                .get_or_create(&labels)
+                .observe(self.started.elapsed().as_secs_f64());
         }
     }
     state.metrics.webhook_in_flight.inc();
-    let in_flight = InFlight(state.metrics.webhook_in_flight.clone());
-    let response = next.run(req).await;
-    drop(in_flight);
-    let labels = WebhookLabels {
+    let mut in_flight = InFlight {
+        metrics: state.clone(),
         webhook,
-        code: response.status().as_u16(),
+        started: Instant::now(),
+        // Unless the handler finishes: nginx's "client closed request".
+        code: CLIENT_CLOSED_REQUEST,
     };
-    state.metrics.webhook_requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .webhook_latency
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    let response = next.run(req).await;
+    in_flight.code = response.status().as_u16();
+    drop(in_flight);
     response
 }
+
+/// The `code` of a request whose client went away before the answer (nginx's 499).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A one-line plain-text answer for requests that are not admission reviews.
 fn plain(code: StatusCode, msg: impl Into<String>) -> Response {

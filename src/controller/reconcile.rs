@@ -24,7 +24,7 @@ use super::job_template::{self, BackupSource, JobArgs, labels};
 use super::status::{self, Observed};
 use crate::crd::{BackupStatus, S3Backup, VolumeBackup};
 use crate::inject::{self, InjectorConfig};
-use crate::metrics::{BackupFigures, BackupLabels, Metrics, ReconcileLabels};
+use crate::metrics::{BackupFigures, BackupLabels, LastJob, Metrics, ReconcileLabels};
 
 /// Field manager of everything the controller applies.
 pub const FIELD_MANAGER: &str = "backup-operator";
@@ -666,7 +666,11 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         });
     }
 
-    let outcomes = outcomes(ctx, obj, stored.as_ref(), &previous).await?;
+    let mut outcomes = outcomes(ctx, obj, stored.as_ref(), &previous).await?;
+    if stored.is_none() {
+        // Known to have no CronJob of its own, so no Job either (a failed read is unknown).
+        outcomes.last_job = LastJob::None;
+    }
     events.extend(outcomes.failed_event.clone());
 
     let (conditions, news) =
@@ -851,7 +855,7 @@ struct Outcomes {
     last_successful_time: Option<Time>,
     last_failed_time: Option<Time>,
     /// The newest finished Job: succeeded, and how long it ran.
-    last_job: Option<(bool, f64)>,
+    last_job: LastJob,
     /// `BackupFailed`, when a Job failed after what the status says.
     failed_event: Option<(EventType, String, String)>,
 }
@@ -863,7 +867,7 @@ impl Outcomes {
             last_schedule_time: None,
             last_successful_time: None,
             last_failed_time: None,
-            last_job: None,
+            last_job: LastJob::Unknown,
             failed_event: None,
         }
     }
@@ -934,18 +938,16 @@ async fn outcomes<K: Reconciled>(
         last_job: finished
             .iter()
             .max_by_key(|f| f.at)
-            .map(|f| (f.succeeded, f.duration_secs.unwrap_or(0.0))),
+            .map_or(LastJob::None, |f| LastJob::Finished {
+                succeeded: f.succeeded,
+                secs: f.duration_secs.unwrap_or(0.0),
+            }),
         failed_event,
     })
 }
 
 /// The backup's metrics from its status and its newest finished Job.
-fn record_metrics<K: Reconciled>(
-    ctx: &Context,
-    obj: &K,
-    status: &BackupStatus,
-    last_job: Option<(bool, f64)>,
-) {
+fn record_metrics<K: Reconciled>(ctx: &Context, obj: &K, status: &BackupStatus, last_job: LastJob) {
     ctx.metrics.backups.record(
         &BackupLabels {
             namespace: obj.namespace().unwrap_or_default(),
