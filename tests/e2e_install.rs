@@ -579,6 +579,10 @@ fn set_image_points_the_operator_and_the_notifier_at_one_image() {
         "localhost:5000/backup-operator",
         "backup-operator@sha256:abc",
         "--help",
+        // Would reach the YAML, or the replacement pattern, as written.
+        "registry.example.com/backup-operator:a\\1",
+        "Registry.example.com/backup-operator:1",
+        "registry.example.com/backup-operator:\"x\"",
     ] {
         let out = set_image(bad);
         assert_eq!(out.status.code(), Some(2), "{bad}");
