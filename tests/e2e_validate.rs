@@ -115,37 +115,46 @@ fn check_kind(resource: &str, manifest: fn(&str, &str, &str, &str) -> String, ns
         }
     }
 
-    // The seed document's URLs are accepted.
-    let out = kubectl_stdin(
-        cp,
-        &["apply", "-f", "-"],
-        &manifest(
-            ns,
-            "good",
-            good_success,
-            "https://hooks.example.com/backup-failure",
-        ),
+    // The seed document's URLs are accepted, by a server-side dry run (which stores nothing)
+    // and for real.
+    let good = manifest(
+        ns,
+        "good",
+        good_success,
+        "https://hooks.example.com/backup-failure",
     );
-    assert!(
-        out.status.success(),
-        "seed URLs rejected: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(exists(cp, resource, ns, "good"));
+    for dry_run in [true, false] {
+        let mut args = vec!["apply", "-f", "-"];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        let out = kubectl_stdin(cp, &args, &good);
+        assert!(
+            out.status.success(),
+            "seed URLs rejected (dry-run={dry_run}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(exists(cp, resource, ns, "good"), !dry_run);
+    }
 
     // An update from a good URL to a bad one is rejected, and the good one stays.
     for (bad, reason) in BAD {
-        let out = kubectl_stdin(
-            cp,
-            &["apply", "-f", "-"],
-            &manifest(ns, "good", good_success, bad),
-        );
-        assert!(!out.status.success(), "update to {bad} accepted");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
-        assert_eq!(
-            stored_failure_url(cp, resource, ns, "good"),
-            "https://hooks.example.com/backup-failure"
-        );
+        for dry_run in [true, false] {
+            let mut args = vec!["apply", "-f", "-"];
+            if dry_run {
+                args.push("--dry-run=server");
+            }
+            let out = kubectl_stdin(cp, &args, &manifest(ns, "good", good_success, bad));
+            assert!(
+                !out.status.success(),
+                "update to {bad} accepted (dry-run={dry_run})"
+            );
+            assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
+            assert_eq!(
+                stored_failure_url(cp, resource, ns, "good"),
+                "https://hooks.example.com/backup-failure"
+            );
+        }
     }
 
     // http:// is allowed with a warning that kubectl prints.

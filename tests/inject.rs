@@ -688,7 +688,7 @@ fn a_declined_cron_job_loses_an_earlier_injection_and_gets_its_command_back() {
             let mut cfg = config(mode);
             cfg.ca = ca;
             let once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
-            assert_eq!(pod(&once)["terminationGracePeriodSeconds"], 15);
+            assert_eq!(pod(&once)["terminationGracePeriodSeconds"], 30);
             for how in [
                 Decline::Unlabel,
                 Decline::LabelFalse,
@@ -719,7 +719,7 @@ fn a_declined_cron_job_loses_an_earlier_injection_and_gets_its_command_back() {
                 // period, whose value before the raise is not recorded anywhere.
                 let mut expected = declined(&cj, how, "backup");
                 expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] =
-                    json!(15);
+                    json!(30);
                 assert_eq!(out, expected, "{case}");
                 match how {
                     Decline::Unlabel | Decline::LabelFalse => {
@@ -1007,7 +1007,7 @@ fn user_init_containers_and_mounts_are_kept_and_the_grace_period_is_raised() {
         p["containers"][1]["volumeMounts"][1]["name"],
         "backup-notifier"
     );
-    assert_eq!(p["terminationGracePeriodSeconds"], 15);
+    assert_eq!(p["terminationGracePeriodSeconds"], 30);
 }
 
 /// Takes out what the injection added; the grace period is restored to `original_grace`.

@@ -182,6 +182,27 @@ fn commands_that_cannot_start_are_127_or_126_with_a_failure_result() {
     assert_eq!(s.result_json()["exit_code"], 126);
 }
 
+/// A backup image with umask 077 (and so the wrapper) must still leave a result and a lock that
+/// the notifier, another user, can read: otherwise it would report a successful backup as failed.
+#[test]
+fn the_result_and_the_lock_are_readable_whatever_the_umask() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new();
+    let mut exec = s.exec_sh("exit 0");
+    // SAFETY: umask is async-signal-safe and touches no memory.
+    unsafe {
+        exec.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    run(&mut exec, LIMIT).assert_code(0);
+    for file in [s.result(), s.lock()] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{}", file.display());
+    }
+}
+
 #[test]
 fn the_lock_is_held_while_the_command_runs_and_released_after() {
     let s = Scratch::new();

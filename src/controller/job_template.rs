@@ -11,8 +11,8 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
-    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodSpec, PodTemplateSpec, SecretEnvSource,
-    SecretKeySelector, Volume, VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecretEnvSource, SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -57,8 +57,9 @@ const MAX_CRON_JOB_NAME: usize = 52;
 /// - A run killed mid-way (an OOM kill, a lost node) leaves its lock behind, and forget --prune,
 ///   which needs the repository to itself, would fail on it every night. unlock removes only
 ///   stale locks: a live run keeps refreshing its own.
-/// - `BACKUP_FORGET_ARGS` is built by the operator from integers only, and always listed in the
-///   container's `env`, so that no Secret key can supply it.
+/// - `BACKUP_FORGET_ARGS` is built by the operator from integers only, and `BACKUP_ARGS` is one
+///   of its constants; both are always listed in the container's `env`, so that no Secret key
+///   can supply them.
 const BACKUP_SCRIPT: &str = r#"set -eu
 wait_lock=""
 if restic --help 2>/dev/null | grep -q -e '--retry-lock'; then
@@ -88,9 +89,13 @@ if [ "$rc" -ne 0 ]; then
   fi
 fi
 restic unlock
-restic $wait_lock backup "$BACKUP_SOURCE" --host "$BACKUP_HOST" --tag "$BACKUP_TAG"
+restic $wait_lock backup ${BACKUP_ARGS:-} "$BACKUP_SOURCE" --host "$BACKUP_HOST" --tag "$BACKUP_TAG"
 if [ -n "${BACKUP_FORGET_ARGS:-}" ]; then
-  restic $wait_lock forget --prune --host "$BACKUP_HOST" --tag "$BACKUP_TAG" $BACKUP_FORGET_ARGS
+  restic $wait_lock forget --prune --host "$BACKUP_HOST" --tag "$BACKUP_TAG" $BACKUP_FORGET_ARGS || {
+    rc=$?
+    echo "backup-operator: the snapshot was saved, but the retention (forget --prune) failed; the run counts as failed so that a repository that keeps growing is noticed" >&2
+    exit "$rc"
+  }
 fi
 "#;
 
@@ -180,6 +185,8 @@ pub trait BackupSource: Resource<DynamicType = ()> {
     fn host_and_volume(&self) -> (String, String);
     /// Volumes, init containers and the source mount of the pod.
     fn source(&self, args: &JobArgs) -> (Vec<Volume>, Vec<Container>, VolumeMount);
+    /// Extra `restic backup` flags (a constant).
+    const BACKUP_ARGS: &'static str = "";
 }
 
 fn namespace_of<K: Resource>(r: &K) -> String {
@@ -213,6 +220,9 @@ impl BackupSource for VolumeBackup {
 
 impl BackupSource for S3Backup {
     const KIND: BackupKind = BackupKind::S3Backup;
+    // Every run copies the bucket into a new emptyDir: new inodes and ctimes each time, so
+    // without this restic would read and hash every file every night. rclone keeps the mtime.
+    const BACKUP_ARGS: &'static str = "--ignore-inode";
 
     fn common(&self) -> &CommonSpec {
         &self.spec.common
@@ -426,7 +436,7 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duratio
             &format!("{}={namespace}/{name}", K::KIND.as_str()),
         ),
     ];
-    // Both always listed, without a value when unused (the variable is then empty): an entry in
+    // Always listed, without a value when unused (the variable is then empty): an entry in
     // `env` wins over the credentials Secret's `envFrom`, whose keys could otherwise set them (a
     // `BACKUP_FORGET_ARGS` there would prune a repository no retention was given for).
     let operator_only = |name: &str, value: String| EnvVar {
@@ -446,6 +456,7 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duratio
         "BACKUP_FORGET_ARGS",
         spec.retention.as_ref().map(forget_args).unwrap_or_default(),
     ));
+    env.push(operator_only("BACKUP_ARGS", K::BACKUP_ARGS.to_owned()));
     let backup = Container {
         name: BACKUP_CONTAINER.into(),
         image: Some(
@@ -506,6 +517,16 @@ fn unhashed_cron_job<K: BackupSource>(r: &K, args: &JobArgs, init_delay: Duratio
                         }),
                         spec: Some(PodSpec {
                             restart_policy: Some("Never".into()),
+                            // Nothing in the pod talks to the Kubernetes API (the notifier has
+                            // no client): restic, rclone or a custom image get no token.
+                            automount_service_account_token: Some(false),
+                            security_context: Some(PodSecurityContext {
+                                seccomp_profile: Some(SeccompProfile {
+                                    type_: "RuntimeDefault".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
                             init_containers: (!init_containers.is_empty())
                                 .then_some(init_containers),
                             containers: vec![backup],

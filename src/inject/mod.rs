@@ -73,8 +73,11 @@ const POD_SPEC_VIEW: Keep = Keep::Members(&[
 /// The Job controller's default `backoffLimit`.
 const DEFAULT_BACKOFF_LIMIT: u64 = 6;
 
-/// Extra seconds the pod's grace period grants beyond the notifier's timeout.
-const GRACE_MARGIN_SECS: u64 = 5;
+/// Extra seconds the pod's grace period grants beyond the notifier's timeout: one grace period
+/// covers the backup container's own stop (restic removing its lock, the wrapper writing the
+/// result) and then the send, which starts only after it. With the default 10 s timeout this is
+/// the kubelet's default of 30 s, so only a shorter one is raised.
+const GRACE_MARGIN_SECS: u64 = 20;
 /// The kubelet's default when `terminationGracePeriodSeconds` is absent.
 const DEFAULT_GRACE_SECS: u64 = 30;
 

@@ -43,6 +43,14 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Sets `f`'s mode to `mode` whatever the umask: the wrapper runs with the backup's umask (077
+/// in some images), and a notifier of another user must still read the result and probe the
+/// lock, or it would wait for SIGTERM and then report a successful backup as failed.
+pub fn readable_by_others(f: &File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+}
+
 /// A temporary name beside `path`, unique to this process.
 pub fn temp_sibling(path: &Path) -> PathBuf {
     with_suffix(path, &format!(".{}.tmp", std::process::id()))
@@ -59,6 +67,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> 
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
+        readable_by_others(&f, mode)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
