@@ -116,7 +116,8 @@ impl BackupMetrics {
     }
 
     /// Sets the series of one backup to `f`; a figure it does not have removes its series, so a
-    /// backup deleted and created again under the same name does not show the earlier one's.
+    /// backup deleted and created again under the same name does not show the earlier one's
+    /// (the last-job series stay as they were when `f.last_job` is [`LastJob::Unknown`]).
     pub fn record(&self, labels: &BackupLabels, f: &BackupFigures) {
         for (family, value) in [
             (&self.last_success, f.last_success),

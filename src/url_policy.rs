@@ -376,7 +376,11 @@ impl UrlPolicy {
         if !url.username().is_empty() || url.password().is_some() || authority.contains('@') {
             return Err(Violation::Userinfo);
         }
-        if let Some(c) = authority.chars().find(|&c| is_dropped_from_host_names(c)) {
+        // Decoded first: the parser decodes `%E2%80%8B` in a host before IDNA drops it.
+        if let Some(c) = percent_decoded(authority)
+            .chars()
+            .find(|&c| is_dropped_from_host_names(c))
+        {
             return Err(Violation::Invisible(c));
         }
         if url.fragment().is_some() {
@@ -687,14 +691,40 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     }
 }
 
+/// `s` with its `%XX` escapes decoded (invalid ones kept as they are), lossily as UTF-8.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Characters that IDNA maps to nothing (UTS #46 "ignored"): `a\u{200b}b.example` is checked and
-/// dialled as `ab.example`, so the stored URL would not show the host it reaches.
+/// dialled as `ab.example`, so the stored URL would not show the host it reaches. (ZWNJ and ZWJ,
+/// U+200C and U+200D, are kept by IDNA, under context rules, and are part of valid names.)
 fn is_dropped_from_host_names(c: char) -> bool {
     matches!(
         u32::from(c),
         0xAD | 0x34F
             | 0x180B..=0x180F
-            | 0x200B..=0x200D
+            | 0x200B
             | 0x2060..=0x2064
             | 0xFE00..=0xFE0F
             | 0xFEFF

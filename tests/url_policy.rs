@@ -753,6 +753,7 @@ fn urls_that_do_not_show_the_host_they_reach_are_refused() {
             ("https://hooks.example.com/a@b?c=@d", Ok),
             // Characters IDNA maps to nothing: checked and dialled without them.
             ("https://a\u{200b}b.example.com/x", Deny("U+200B")),
+            ("https://a%E2%80%8Bb.example.com/x", Deny("U+200B")),
             ("https://local\u{ad}host/x", Deny("U+00AD")),
             ("https://hooks.example.com/\u{200b}", Ok),
             ("https://müller.example/x", Ok),

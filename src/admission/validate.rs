@@ -491,13 +491,13 @@ fn is_local_repository(url: &str) -> bool {
         })
 }
 
-/// Short, bounded label for the denial metric.
 /// A resource name as part of a field path: the apiserver does not check the keys of a CRD's
 /// map, so a forged key with a line break must not start a line of its own in the answer.
 fn resource_key(name: &str) -> String {
     crate::text::escape_controls(&crate::text::truncated(name, crate::text::QUOTE_MAX))
 }
 
+/// Short, bounded label for the denial metric.
 pub fn violation_class(v: &Violation) -> &'static str {
     match v {
         Violation::TooLong(_) => "too_long",

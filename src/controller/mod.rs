@@ -133,6 +133,7 @@ pub async fn run(
             excluded_namespaces: crate::webhook_config::excluded_namespaces(&args.lease_namespace),
             own_namespace: args.lease_namespace.clone(),
             failure_writes: Default::default(),
+            failing_since: Default::default(),
         })
     };
     let mut stop_wait = stop.clone();

@@ -52,6 +52,9 @@ pub struct Context {
     /// When this term last wrote a failure status for a backup (namespace, name), to bound how
     /// often a failure whose message keeps changing is written (see [`failure_write_due`]).
     pub failure_writes: std::sync::Mutex<std::collections::HashMap<(String, String), Instant>>,
+    /// Since when each backup's reconciles have failed without a success in between, for the
+    /// retry backoff (see [`retry_after_error`]).
+    pub failing_since: std::sync::Mutex<std::collections::HashMap<(String, String), Instant>>,
 }
 
 impl Context {
@@ -695,8 +698,12 @@ async fn reconcile_inner<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Action
         write_status(ctx, obj, &new_status).await?;
     }
     // Nothing failed: only backups failing now keep an entry.
+    let key = (ns.clone(), name.clone());
     if let Ok(mut writes) = ctx.failure_writes.lock() {
-        writes.remove(&(ns.clone(), name.clone()));
+        writes.remove(&key);
+    }
+    if let Ok(mut failing) = ctx.failing_since.lock() {
+        failing.remove(&key);
     }
 
     record_metrics(ctx, obj, &new_status, outcomes.last_job);
@@ -775,14 +782,16 @@ const FAILURE_REFRESH: Duration = Duration::from_secs(15);
 /// status write makes the watch trigger another reconcile at once; if that one fails the same
 /// way but its message differs (an apiserver message that counts something, say), writing it
 /// would trigger the next, at the apiserver's pace instead of the retry backoff. So a failure
-/// that is news (another reason, `Ready` flipping, a new generation) is written at once, a
-/// message that alone changed at most once per [`FAILURE_REFRESH`].
+/// that is news (another reason, `Ready` flipping, a new generation, a Job outcome the status
+/// did not have) is written at once, a message that alone changed at most once per
+/// [`FAILURE_REFRESH`].
 fn failure_write_due(news: bool, changed: bool, last: Option<Instant>, now: Instant) -> bool {
     changed && (news || last.is_none_or(|t| now.saturating_duration_since(t) >= FAILURE_REFRESH))
 }
 
 /// Reports a reconcile that failed before it could work out the status: `Ready=False` with
-/// `reason` and the error as its message, and a Warning event when that is news. Without it, a
+/// `reason` and the error as its message, and a Warning event when that is news; and the
+/// outcomes of the Jobs of `cron_job`, ours and still running backups, as a success would. Without it, a
 /// new backup would have no status and an edited one would keep `Ready=True` and the old
 /// message. Returns `error` for the controller's retry; a status write that fails as well is
 /// only logged (the retry reports again).
@@ -1047,20 +1056,25 @@ async fn owned_jobs(
         .collect())
 }
 
-pub fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    let since = obj.status().and_then(|s| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == status::READY && c.status == "False")
-            .map(|c| Timestamp::now().duration_since(c.last_transition_time.0))
-    });
-    let retry = retry_after_error(since.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+pub fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    // Counted from this term's first failure since the last success, not from the status: a
+    // backup that waited long for a claim and then meets one failed call retries in 15 s.
+    let now = Instant::now();
+    let failing_for = ctx
+        .failing_since
+        .lock()
+        .map(|mut failing| {
+            let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+            now.saturating_duration_since(*failing.entry(key).or_insert(now))
+        })
+        .unwrap_or_default();
+    let retry = retry_after_error(failing_for.as_secs_f64());
     tracing::warn!(kind = K::KIND.as_str(), namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %err, retry_in_s = retry.as_secs(), "reconcile failed; retrying");
     Action::requeue(retry)
 }
 
-/// How soon a failed reconcile is tried again, given how long (seconds) `Ready` has been
-/// False: half of that, from 15 s up to 5 min. A cause that lasts (a webhook or a policy that
+/// How soon a failed reconcile is tried again, given how long (seconds) its reconciles have been
+/// failing: half of that, from 15 s up to 5 min. A cause that lasts (a webhook or a policy that
 /// refuses the CronJob) must not cost every backup a GET and an apply every 15 s.
 fn retry_after_error(failing_for_secs: f64) -> Duration {
     Duration::from_secs_f64((failing_for_secs / 2.0).clamp(15.0, 300.0))
@@ -1246,6 +1260,7 @@ mod tests {
             excluded_namespaces: Vec::new(),
             own_namespace: "backup-operator-system".into(),
             failure_writes: Default::default(),
+            failing_since: Default::default(),
         };
         (ctx, requests)
     }
