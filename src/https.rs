@@ -50,10 +50,16 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const MAX_READ_BUFFER: usize = 32 * 1024;
 
 /// Binds the `what` listener; separate from [`serve`] so bind errors surface before anything
-/// else runs. `[::]` (the default: IPv6-only clusters dial the pod's IPv6 address, and on Linux
-/// it takes IPv4 too) falls back to `0.0.0.0` on a node whose kernel has IPv6 turned off.
+/// else runs. `[::]` (the default: IPv6-only clusters dial the pod's IPv6 address) takes IPv4
+/// too, whatever the node's `net.ipv6.bindv6only`, and falls back to `0.0.0.0` on a node whose
+/// kernel has IPv6 turned off.
 pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    match TcpListener::bind(addr).await {
+    let bound = if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        dual_stack(addr)
+    } else {
+        TcpListener::bind(addr).await
+    };
+    match bound {
         Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && ipv6_unavailable(&e) => {
             let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
             tracing::info!(%addr, fallback = %v4, error = %e, "IPv6 is not available; the {what} listener takes IPv4 only");
@@ -63,6 +69,30 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
         }
         bound => bound.with_context(|| format!("binding the {what} listener on {addr}")),
     }
+}
+
+/// A listener on `addr` (an IPv6 address) that also takes IPv4 connections, set up as
+/// `TcpListener::bind` would (SO_REUSEADDR, a backlog of 1024).
+fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let socket = tokio::net::TcpSocket::new_v6()?;
+    let off: libc::c_int = 0;
+    // SAFETY: a valid socket descriptor and a pointer to a live c_int of the length given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 fn ipv6_unavailable(e: &std::io::Error) -> bool {

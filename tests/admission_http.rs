@@ -1102,3 +1102,49 @@ async fn wait_status(
     .await
     .unwrap()
 }
+
+/// The default listeners (`[::]`) take IPv4 as well, even on a node whose
+/// `net.ipv6.bindv6only` is 1, and fall back to IPv4 alone where IPv6 is off: run in a network
+/// namespace of its own (so the default ports are free and the sysctls are its own), with curl
+/// inside it.
+#[test]
+fn the_default_listeners_take_ipv4_whatever_the_nodes_ipv6_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = dev_certs(dir.path());
+    let script = r#"
+set -e
+ip link set lo up
+sysctl -qw "$1"
+"$2" serve --no-controller --tls-cert "$3" --tls-key "$4" 2>"$5" &
+pid=$!
+ready=
+for _ in $(seq 50); do
+  ready=$(curl -fsS -m 1 http://127.0.0.1:8080/readyz 2>/dev/null) && break
+  sleep 0.1
+done
+https=$(curl -sk -m 2 -o /dev/null -w '%{http_code}' https://127.0.0.1:8443/validate)
+kill "$pid"; wait "$pid" || true
+echo "readyz=$ready https=$https"
+"#;
+    for sysctl in ["net.ipv6.bindv6only=1", "net.ipv6.conf.lo.disable_ipv6=1"] {
+        let log = dir.path().join("operator.log");
+        let out = std::process::Command::new("unshare")
+            // `timeout` bounds a failing run; killing the shell takes the operator with it.
+            .args([
+                "-n", "timeout", "-s", "KILL", "90", "sh", "-c", script, "sh", sysctl,
+            ])
+            .arg(OPERATOR)
+            .arg(&cert)
+            .arg(&key)
+            .arg(&log)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("readyz=ok https=405"),
+            "{sysctl}: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
