@@ -377,7 +377,8 @@ impl UrlPolicy {
             return Err(Violation::Userinfo);
         }
         // Decoded first: the parser decodes `%E2%80%8B` in a host before IDNA drops it.
-        if let Some(c) = percent_decoded(authority)
+        if let Some(c) = percent_encoding::percent_decode_str(authority)
+            .decode_utf8_lossy()
             .chars()
             .find(|&c| is_dropped_from_host_names(c))
         {
@@ -689,31 +690,6 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     } else {
         AddressClass::Public
     }
-}
-
-/// `s` with its `%XX` escapes decoded (invalid ones kept as they are), lossily as UTF-8.
-fn percent_decoded(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied(),
-            bytes.get(i + 2).copied(),
-        ) {
-            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Characters that IDNA maps to nothing (UTS #46 "ignored"): `a\u{200b}b.example` is checked and

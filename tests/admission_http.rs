@@ -499,14 +499,7 @@ async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_
 
     // An idle keep-alive connection, and a request whose body is still on its way.
     let mut idle = used_connection(&op, tls.clone(), &body).await;
-    let mut slow = raw_tls(&op, tls.clone()).await;
-    let head = format!(
-        "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&body[..10]).await.unwrap();
-    slow.flush().await.unwrap();
+    let mut slow = body_on_its_way(&op, tls.clone(), &body).await;
     // hyper drops a connection whose request head it has not read yet at shutdown, so the
     // signal must come once the request is really in flight; the gauge says when.
     wait_in_flight(&op, 1).await;
@@ -539,19 +532,25 @@ async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_
         &["--no-controller", "--shutdown-timeout", "60s"],
     );
     let mut stuck = raw_tls(&op, tls).await;
-    stuck.write_all(head.as_bytes()).await.unwrap();
+    stuck
+        .write_all(validate_head(body.len()).as_bytes())
+        .await
+        .unwrap();
     stuck.flush().await.unwrap();
     wait_in_flight(&op, 1).await;
     op.signal(libc::SIGTERM);
     // The second signal must come after the first was handled, which /readyz shows.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fixtures::http_get(op.admin, "/readyz").await.0 != 503 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first SIGTERM was not handled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the first SIGTERM to be handled",
+        Duration::from_secs(5),
+        || async {
+            let (status, text) = fixtures::http_get(op.admin, "/readyz").await;
+            anyhow::ensure!(status == 503, "{status}: {text}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         op.child.try_wait().unwrap(),
         None,
@@ -559,6 +558,28 @@ async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_
     );
     op.signal(libc::SIGTERM);
     assert_eq!(wait_exit(&mut op.child, Duration::from_secs(3)), Some(130));
+}
+
+/// A `POST /validate` of `body` whose head and first 10 body bytes are sent, the rest not.
+async fn body_on_its_way(
+    op: &Operator,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    body: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut conn = raw_tls(op, tls).await;
+    conn.write_all(validate_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    conn.write_all(&body[..10]).await.unwrap();
+    conn.flush().await.unwrap();
+    conn
+}
+
+/// The head of a `POST /validate` with a body of `len` bytes.
+fn validate_head(len: usize) -> String {
+    format!(
+        "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
 }
 
 /// A TLS stream to the operator's HTTPS port for requests written by hand.
@@ -884,14 +905,7 @@ async fn a_request_cut_off_mid_body_is_counted() {
     let (ca, cert, key) = dev_certs(dir.path());
     let op = Operator::start(&cert, &key, &["--no-controller"]);
     let body = allowed_review();
-    let mut conn = raw_tls(&op, tls_client(&ca.cert)).await;
-    let head = format!(
-        "POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    conn.write_all(&body[..10]).await.unwrap();
-    conn.flush().await.unwrap();
+    let conn = body_on_its_way(&op, tls_client(&ca.cert), &body).await;
     wait_in_flight(&op, 1).await;
     drop(conn);
     wait_in_flight(&op, 0).await;
