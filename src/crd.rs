@@ -120,9 +120,11 @@ pub struct CommonSpec {
     /// Resources of the backup container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// restic image override.
+    // No whitespace: the apiserver refuses it only when a Job creates the pod, so the CronJob
+    // would be stored and every backup would fail to start.
+    /// restic image override: an image reference, without whitespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
     pub image: Option<String>,
 }
 
@@ -268,6 +270,39 @@ pub fn crds()
 {
     use kube::CustomResourceExt;
     vec![VolumeBackup::crd(), S3Backup::crd()]
+        .into_iter()
+        .map(bound_int32)
+        .collect()
+}
+
+/// Gives every `format: int32` integer of the schema (retention counts, affinity weights) the
+/// bounds of an i32. Apiservers before v1.36 do not enforce the format on custom resources, and
+/// one stored object the controller cannot decode would fail its whole watch list, stopping
+/// the reconciles of every backup of that kind; a bound makes the apiserver itself refuse the
+/// value, naming the field.
+fn bound_int32(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let int32 = map.get("type").and_then(|t| t.as_str()) == Some("integer")
+                    && map.get("format").and_then(|f| f.as_str()) == Some("int32");
+                if int32 {
+                    map.entry("minimum").or_insert(f64::from(i32::MIN).into());
+                    map.entry("maximum").or_insert(f64::from(i32::MAX).into());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// Both CRDs as a YAML stream, as `backup-operator crds` prints them.

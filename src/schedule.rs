@@ -94,7 +94,16 @@ pub fn check_schedule(schedule: &str) -> Result<(), String> {
         ));
     }
     for (part, field) in parts.iter().zip(FIELDS.iter()) {
-        for item in part.split(',') {
+        // Empty items are skipped, as robfig/cron splits with FieldsFunc (`0,,30` is `0,30`).
+        // A field of nothing but commas it takes too, as a schedule that never fires: refused.
+        let mut items = part.split(',').filter(|i| !i.is_empty()).peekable();
+        if items.peek().is_none() {
+            return Err(format!(
+                "{} field {part:?} names no value, so the schedule would never fire",
+                field.name
+            ));
+        }
+        for item in items {
             check_item(item, field).map_err(|e| format!("{} field {part:?}: {e}", field.name))?;
         }
     }

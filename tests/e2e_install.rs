@@ -592,3 +592,50 @@ fn set_image_points_the_operator_and_the_notifier_at_one_image() {
     let after = std::fs::read_to_string(dir.path().join("manifests/kustomization.yaml")).unwrap();
     assert_eq!(before, after);
 }
+
+/// The cert-manager overlay swaps only the self-managed certificate flag for the mounted files:
+/// a flag a platform team adds to the base Deployment (the commented `--notifier-ca-configmap`)
+/// holds in that mode too, and the Secret flag is gone (`serve` refuses both together).
+#[test]
+fn cert_manager_overlay_keeps_the_flags_added_to_the_base_deployment() {
+    let cp = ControlPlane::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("cp")
+        .args(["-r", &repo("manifests")])
+        .arg(dir.path().join("manifests"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deployment = dir.path().join("manifests/install/deployment.yaml");
+    let base = std::fs::read_to_string(&deployment).unwrap();
+    let commented = "# - --notifier-ca-configmap=notification-relay-ca";
+    assert!(base.contains(commented), "{base}");
+    std::fs::write(
+        &deployment,
+        base.replace(commented, "- --notifier-ca-configmap=notification-relay-ca"),
+    )
+    .unwrap();
+    let overlay = dir.path().join("manifests/overlays/cert-manager");
+    let rendered = kubectl_ok(cp, &["kustomize", overlay.to_str().unwrap()]);
+    let args: Vec<&str> = rendered
+        .lines()
+        .skip_while(|l| l.trim() != "- args:")
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("- --") || l.trim() == "- serve")
+        .map(|l| l.trim().trim_start_matches("- "))
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "serve",
+            "--tls-cert=/etc/backup-operator/tls/tls.crt",
+            "--tls-key=/etc/backup-operator/tls/tls.key",
+            "--notifier-ca-configmap=notification-relay-ca",
+        ],
+        "{rendered}"
+    );
+}

@@ -232,6 +232,15 @@ async fn the_crd_schema_rejects_what_it_can_express() {
             format!("{base}  retention: {{keepLast: -1}}\n"),
             "spec.retention.keepLast: Invalid value: -1: spec.retention.keepLast in body should be greater than or equal to 0",
         ),
+        // Beyond i32, which the controller decodes: one such object would fail its whole list.
+        (
+            format!("{base}  retention: {{keepDaily: 3000000000}}\n"),
+            "spec.retention.keepDaily: Invalid value: 3000000000: spec.retention.keepDaily in body should be less than or equal to 2147483647",
+        ),
+        (
+            format!("{base}  image: \"restic/restic:0.17.3\\n\"\n"),
+            "spec.image in body should match",
+        ),
         (
             base.replace("https://hooks.example.com/ok", "mailto:ops@example.com"),
             "spec.webhooks.success: Invalid value: \"mailto:ops@example.com\": must be an http:// or https:// URL",
@@ -276,6 +285,10 @@ fn the_schedule_check_agrees_with_the_cron_job_api() {
         "@Daily",
         " @daily",
         "* * * *",
+        "0,,30 * * * *",
+        ",5 * * * *",
+        "0, * * * *",
+        "0,61 * * * *",
     ] {
         let cron_job = fixtures::plain_cron_job_yaml("default", "schedule-check", schedule);
         let out = kubectl_stdin(cp, &["create", "--dry-run=server", "-f", "-"], &cron_job);
@@ -293,6 +306,18 @@ fn the_schedule_check_agrees_with_the_cron_job_api() {
     assert!(
         backup_operator::schedule::check_schedule("@every 5m")
             .is_err_and(|e| e.contains("@every is not supported"))
+    );
+    // The API takes a field of nothing but commas, as a schedule that never fires.
+    let never = fixtures::plain_cron_job_yaml("default", "schedule-check", ", * * * *");
+    let out = kubectl_stdin(cp, &["create", "--dry-run=server", "-f", "-"], &never);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        backup_operator::schedule::check_schedule(", * * * *"),
+        Err("minute field \",\" names no value, so the schedule would never fire".to_owned())
     );
 }
 

@@ -121,9 +121,8 @@ fn sigterm_reaches_the_whole_group_and_death_by_it_is_143() {
     });
 }
 
-/// A stopped command (one that read from a terminal it does not own, in a container with
-/// `tty: true`) still ends on a forwarded SIGTERM instead of waiting for the kubelet's SIGKILL
-/// with no result: the wrapper continues it.
+/// A stopped command (SIGTSTP, a debugger) still ends on a forwarded SIGTERM instead of waiting
+/// for the kubelet's SIGKILL with no result: the wrapper continues it.
 #[test]
 fn a_stopped_command_ends_on_a_forwarded_sigterm() {
     let s = Scratch::new();
@@ -243,48 +242,160 @@ fn a_result_from_an_earlier_run_is_not_mistaken_for_this_one() {
     assert_eq!(s.result_json()["exit_code"], 4);
 }
 
+/// Bad arguments are the wrapper's failure (125, one line), and when FILE can be made out a
+/// failure result says so: a container-mode notifier waits for it (a wrapper that failed this
+/// early takes no lock) and reports failure instead of keeping the pod running.
 #[test]
-fn bad_exec_arguments_are_one_line_and_125() {
-    for args in [
-        vec!["exec", "--result", "/tmp/x"],
-        vec!["exec", "--", "true"],
-        vec!["exec", "--bogus", "--result", "/tmp/x", "--", "true"],
+fn bad_exec_arguments_are_one_line_and_125_with_a_failure_result() {
+    let s = Scratch::new();
+    let result = s.result();
+    let result = result.to_str().unwrap();
+    let with_result = format!("--result={result}");
+    for (args, recorded) in [
+        (vec!["exec", "--result", result], true),
+        (
+            vec!["exec", with_result.as_str(), "--bogus", "--", "true"],
+            true,
+        ),
+        (vec!["exec", "--", "true"], false),
     ] {
+        let _ = std::fs::remove_file(result);
         let r = run(notifier().args(&args), LIMIT);
         r.assert_code(125);
         assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
         assert!(r.stderr.contains(" ERROR "), "{}", r.stderr);
+        if recorded {
+            let json = s.result_json();
+            assert_eq!(json["exit_code"], 125, "{json}");
+            assert!(
+                json["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("invalid arguments: "),
+                "{json}"
+            );
+        } else {
+            assert!(!s.result().exists(), "{args:?}");
+        }
     }
-}
 
-/// A notifier volume the wrapper cannot use (here: a result directory that does not exist) is
-/// no reason to skip the backup: the command runs and its exit code is the container's.
-#[test]
-fn the_command_runs_even_when_the_notifier_files_cannot_be_written() {
-    let s = Scratch::new();
-    let ran = s.path().join("ran");
-    let r = run(
-        notifier()
-            .args(["exec", "--result", "/nonexistent/dir/r.json", "--"])
-            .args(["sh", "-c", &format!("touch {}; exit 7", ran.display())]),
+    run(
+        notifier().args(["exec", "--result", result, "--bogus"]),
+        LIMIT,
+    )
+    .assert_code(125);
+    let rx = Receiver::http(Reply::Status(200));
+    let n = run(
+        s.notify("container")
+            .env("NOTIFY_SUCCESS_URL", rx.url("/ok"))
+            .env("NOTIFY_FAILURE_URL", rx.url("/fail"))
+            .env("NOTIFY_ALLOW_DESTINATIONS", "127.0.0.1"),
         LIMIT,
     );
-    r.assert_code(7);
-    assert!(ran.exists(), "the command did not run: {}", r.stderr);
-    let errors = r.lines("ERROR");
-    assert!(
-        errors[0].contains("/nonexistent/dir/r.json.lock")
-            && errors[0].contains("running the command anyway"),
-        "{}",
-        r.stderr
-    );
+    n.assert_code(0);
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 1, "{n:#?}");
+    assert_eq!(reqs[0].path, "/fail");
 }
 
+/// A command that leaves the wrapper's process group (a setpgid of its own) still gets the
+/// forwarded signal: a send to the group alone would miss it, and it would run on to the
+/// kubelet's SIGKILL with no result.
+#[test]
+fn a_command_that_left_its_process_group_still_gets_the_signal() {
+    let s = Scratch::new();
+    let ready = s.path().join("ready");
+    // The command moves itself into the wrapper's group, which a kill of the command's own
+    // group does not reach.
+    let script = format!(
+        "import os, signal, sys, time\n\
+         os.setpgid(0, os.getpgid(os.getppid()))\n\
+         signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n\
+         open('{ready}', 'w').close()\n\
+         time.sleep(30)\n\
+         sys.exit(9)\n",
+        ready = ready.display()
+    );
+    let mut cmd = notifier();
+    cmd.args(["exec", "--result"])
+        .arg(s.result())
+        .args(["--", "python3", "-c", &script]);
+    // Its own group, so that the command's move lands in a group the test does not share.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let p = spawn(&mut cmd);
+    wait_until(Duration::from_secs(10), || ready.exists());
+    p.signal(libc::SIGTERM);
+    let r = p.finish(LIMIT);
+    r.assert_code(7);
+    assert_eq!(s.result_json()["exit_code"], 7);
+}
+
+/// In a container with `tty: true` the command is handed the terminal: it can read from it (or
+/// set its modes) instead of being stopped by SIGTTIN. `script` gives the wrapper a terminal as
+/// a container runtime does (a new session with the terminal as its controlling one).
+#[test]
+fn a_command_under_a_terminal_can_read_from_it() {
+    use std::io::{Read, Write};
+    let s = Scratch::new();
+    let command = format!(
+        "{BIN} exec --result {result} -- sh -c 'read x; echo read-$x'",
+        result = s.result().display()
+    );
+    let mut script = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("script(1) from util-linux (bsdutils), which tools/test installs");
+    // Typed into the terminal; kept open until the end, as a closed input would end `read` too.
+    let mut stdin = script.stdin.take().unwrap();
+    stdin.write_all(b"typed\n").unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = script.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = script.kill();
+            let _ = script.wait();
+            // The wrapper and the command were left behind in the terminal's session.
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-f", &s.result().display().to_string()])
+                .status();
+            panic!("the command did not end within {LIMIT:?}: stopped by its terminal?");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(stdin);
+    let mut out = String::new();
+    script
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {out}");
+    assert!(out.contains("read-typed"), "{out}");
+    assert_eq!(s.result_json()["exit_code"], 0);
+}
+
+/// Mode 0755 whatever the umask: an init container with umask 077 must still leave a binary
+/// the other containers (another user) can run.
 #[test]
 fn install_copies_itself_atomically_with_mode_0755() {
     let s = Scratch::new();
     let dest = s.path().join("backup-notifier");
-    let r = run(notifier().arg("install").arg(&dest), LIMIT);
+    let mut install = notifier();
+    install.arg("install").arg(&dest);
+    // SAFETY: umask is async-signal-safe and touches no memory.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut install, || {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let r = run(&mut install, LIMIT);
     r.assert_code(0);
     let meta = std::fs::metadata(&dest).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o755);

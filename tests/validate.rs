@@ -455,3 +455,29 @@ fn a_host_with_extra_trailing_dots_is_denied_as_the_address_it_reaches() {
         ]
     );
 }
+
+/// An image with whitespace is stored by the CronJob API and refused only when a Job creates
+/// the pod, so every backup would fail to start: denied, unless it was already there.
+#[test]
+fn an_image_with_whitespace_is_denied_naming_the_field() {
+    let mut obj = volume_backup(Some("https://hooks.example.com/ok"), None);
+    obj["spec"]["image"] = json!("restic/restic:0.17.3\n");
+    let (denials, _) = verdict(vb(obj.clone()), &UrlPolicy::default());
+    assert_eq!(
+        denials,
+        [
+            "spec.image: \"restic/restic:0.17.3\\n\" is not an image reference: it is empty or holds whitespace or control characters"
+        ]
+    );
+    let (denials, warnings) = verdict(vb_update(obj.clone(), obj.clone()), &UrlPolicy::default());
+    assert!(denials.is_empty(), "{denials:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("spec.image: ") && w.contains("kept because it did not change")),
+        "{warnings:?}"
+    );
+    obj["spec"]["image"] = json!("restic/restic:0.17.3");
+    let (denials, _) = verdict(vb(obj), &UrlPolicy::default());
+    assert!(denials.is_empty(), "{denials:?}");
+}

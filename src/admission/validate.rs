@@ -406,6 +406,17 @@ impl Checker<'_> {
             },
         );
         self.check(
+            "spec.image",
+            new.image.as_deref(),
+            old.map(|o| o.image.as_deref()),
+            None,
+            |_, image| {
+                crate::names::image(image)
+                    .map(|_| vec![])
+                    .map_err(|e| (e, "image"))
+            },
+        );
+        self.check(
             "spec.timeZone",
             new.time_zone.as_deref(),
             old.map(|o| o.time_zone.as_deref()),

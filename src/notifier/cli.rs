@@ -1,7 +1,8 @@
 //! The `backup-notifier` command line: argument parsing, help texts, logging, exit codes.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use super::exec::{self, EXIT_WRAPPER_ERROR};
 use super::files::StepFiles;
 use super::install;
 use super::notify::{self, NotifyConfig};
+use super::result::now_rfc3339;
 use super::tls;
 use super::wait::{Mode, TermSignals};
 use crate::duration::show;
@@ -72,7 +74,8 @@ The copy is written to a temporary file beside DEST and renamed into place, so n
 a half-written binary. When DEST is an existing directory the copy is DEST/backup-notifier. The \
 binary is statically linked and runs in any image (alpine, distroless, scratch).
 
-Exit status: 0 when installed, 1 with a one-line error otherwise.")]
+Exit status: 0 when installed, 1 with a one-line error when the copy fails, 2 for invalid \
+arguments.")]
 pub struct InstallArgs {
     /// Where to put the copy (a file path, or a directory).
     #[arg(value_name = "DEST")]
@@ -96,7 +99,7 @@ finds it released but no result knows the wrapper was killed (e.g. by the OOM ki
 - A CMD that does not exist exits 127, one that cannot be executed 126; both with a one-line \
 error and a failure result in FILE.
 - 125: the wrapper itself failed: bad arguments (CMD is not started), or it could not block, \
-wait for or reap signals and children.
+wait for or reap signals and children; a failure result is written to FILE when FILE is known.
 - When FILE.lock cannot be created, or a result left in FILE by an earlier run in the same pod \
 cannot be removed, the wrapper says so in one ERROR line and runs CMD anyway: the notifier must \
 never decide whether a backup runs. Without the lock a sidecar notifier decides at SIGTERM from \
@@ -411,6 +414,13 @@ fn usage_error(e: clap::Error, args: &[OsString]) -> ExitCode {
         }
         Some("exec") => {
             error!("backup-notifier exec: {line} (see backup-notifier exec --help)");
+            if let Some(result) = result_arg(args) {
+                exec::record_wrapper_failure(
+                    &result,
+                    now_rfc3339(),
+                    format!("invalid arguments: {line}"),
+                );
+            }
             ExitCode::from(EXIT_WRAPPER_ERROR)
         }
         _ => {
@@ -418,6 +428,21 @@ fn usage_error(e: clap::Error, args: &[OsString]) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `exec`'s `--result FILE` as far as it can be read from arguments that did not parse: before
+/// `--`, the last one given.
+fn result_arg(args: &[OsString]) -> Option<PathBuf> {
+    let mut found = None;
+    let mut it = args.iter().skip(2).take_while(|a| *a != "--");
+    while let Some(a) = it.next() {
+        if let Some(v) = a.as_bytes().strip_prefix(b"--result=") {
+            found = Some(PathBuf::from(OsStr::from_bytes(v)));
+        } else if a == "--result" {
+            found = it.next().map(PathBuf::from);
+        }
+    }
+    found.filter(|p| !p.as_os_str().is_empty())
 }
 
 /// The mode when the arguments did not parse: `--mode` or NOTIFY_MODE as far as they can be

@@ -52,13 +52,33 @@ pub fn block_signals() -> io::Result<SignalSet> {
 
 /// Runs `command` and returns the exit code the wrapper should exit with.
 pub fn run(result: &Path, command: &[OsString]) -> u8 {
+    let started_at = now_rfc3339();
     match run_inner(&StepFiles::for_result(result), command) {
         Ok(code) => code,
         Err(e) => {
-            error!("backup-notifier exec: {e:#}");
+            let why = format!("{e:#}");
+            error!("backup-notifier exec: {why}");
+            record_wrapper_failure(result, started_at, why);
             EXIT_WRAPPER_ERROR
         }
     }
+}
+
+/// Records that the wrapper itself failed (125), where it gets as far as knowing FILE: a
+/// container-mode notifier waits for the result, or the release of a lock a wrapper that failed
+/// this early never took, and would otherwise keep the pod running until the Job's deadline (for
+/// ever in a CronJob without one).
+pub fn record_wrapper_failure(result: &Path, started_at: String, why: String) {
+    write_result(
+        &StepFiles::for_result(result),
+        StepResult {
+            exit_code: i32::from(EXIT_WRAPPER_ERROR),
+            signal: None,
+            started_at,
+            finished_at: now_rfc3339(),
+            error: Some(why),
+        },
+    );
 }
 
 fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
@@ -99,10 +119,25 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     // would stay pending forever. std is meant to reset the mask, but does not on every spawn
     // path (seen with posix_spawn under gVisor), so it is done here explicitly; only the mask,
     // which the wrapper changed: inherited dispositions (e.g. nohup's SIG_IGN) pass through.
-    // SAFETY: sigemptyset and pthread_sigmask are async-signal-safe, as required between fork
-    // and exec, and touch only the local set.
+    //
+    // In a container with `tty: true` the wrapper's group owns the terminal, and the command,
+    // in a group of its own, would be stopped (SIGTTIN, SIGTTOU) the moment it reads from it or
+    // sets its modes (restic asking for a password): it is handed the terminal, as a shell hands
+    // it to a foreground job. SIGTTOU is blocked meanwhile, because a background group that
+    // calls tcsetpgrp gets it.
+    // SAFETY: sigemptyset, sigaddset, pthread_sigmask, getppid, getpgid, tcgetpgrp and tcsetpgrp
+    // are async-signal-safe system calls, as required between fork and exec, and touch only the
+    // local sets.
     unsafe {
         cmd.pre_exec(|| {
+            let mut ttou: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut ttou);
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+            let foreground = libc::tcgetpgrp(libc::STDIN_FILENO);
+            if foreground > 0 && foreground == libc::getpgid(libc::getppid()) {
+                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             match libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) {
@@ -184,19 +219,19 @@ fn forward(pid: libc::pid_t, sig: libc::c_int) {
         "backup-notifier exec: forwarding {} to the command",
         signal_name(sig)
     );
-    // SAFETY: kill has no memory-safety preconditions. The group first (the command's helpers
-    // get the signal too), the process alone if it has left its group.
-    unsafe {
-        let target = if libc::kill(-pid, sig) == 0 {
-            -pid
-        } else {
-            pid
-        };
-        // A stopped process keeps every signal but SIGKILL pending until it is continued. The
-        // command stops when it reads from a terminal it does not own (a container with
-        // `tty: true`, restic asking for a password): without SIGCONT it would ignore the
-        // kubelet's SIGTERM, die by SIGKILL and leave no result.
-        libc::kill(target, libc::SIGCONT);
+    // A stopped process keeps every signal but SIGKILL pending until it is continued (a
+    // command stopped by SIGTSTP or a debugger): without SIGCONT it would ignore the kubelet's
+    // SIGTERM, die by SIGKILL and leave no result.
+    for sig in [sig, libc::SIGCONT] {
+        // SAFETY: kill and getpgid have no memory-safety preconditions. The group (the command's
+        // helpers get the signal too), and the command itself when it has left the group (a
+        // setpgid or setsid of its own), which the group send then missed.
+        unsafe {
+            libc::kill(-pid, sig);
+            if libc::getpgid(pid) != pid {
+                libc::kill(pid, sig);
+            }
+        }
     }
 }
 

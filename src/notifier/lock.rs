@@ -37,10 +37,12 @@ impl LivenessLock {
             .mode(0o644)
             .open(&tmp)
             .with_context(|| format!("creating the lock file {}", tmp.display()))?;
-        super::files::readable_by_others(&file, 0o644)
-            .with_context(|| format!("making the lock file {} readable", tmp.display()))?;
-        let locked = flock(&file, libc::LOCK_EX | libc::LOCK_NB)
-            .with_context(|| format!("locking {}", tmp.display()));
+        let locked = super::files::readable_by_others(&file, 0o644)
+            .with_context(|| format!("making the lock file {} readable", tmp.display()))
+            .and_then(|()| {
+                flock(&file, libc::LOCK_EX | libc::LOCK_NB)
+                    .with_context(|| format!("locking {}", tmp.display()))
+            });
         let published = locked.and_then(|()| {
             std::fs::rename(&tmp, path)
                 .with_context(|| format!("renaming the lock file to {}", path.display()))
