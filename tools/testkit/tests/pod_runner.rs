@@ -39,6 +39,9 @@ impl Dirs {
             .insert("data".into(), self.data.path().to_owned());
         config.sidecar_restart_backoff = Duration::from_millis(100);
         config.echo = Echo::Inherit;
+        // A container that waits for something that never comes fails its test (DeadlineExceeded)
+        // instead of hanging it.
+        config.active_deadline = Some(60 * SECOND);
         config
     }
 
@@ -711,6 +714,40 @@ fn the_active_deadline_fails_the_pod() {
     assert_eq!(container(&report, "m").signal, Some(libc::SIGTERM));
 }
 
+/// A sidecar always gets its SIGTERM, with the kubelet's minimum of 2 s, even when a regular
+/// container stopped at the deadline used up the whole grace period (the notifier sends the
+/// failure notice on that SIGTERM).
+#[test]
+fn a_sidecar_gets_sigterm_after_the_main_container_used_up_the_grace_period() {
+    let dirs = Dirs::new();
+    let yaml = format!(
+        "{DATA_VOLUME}
+activeDeadlineSeconds: 1
+terminationGracePeriodSeconds: 1
+initContainers:
+- name: sidecar
+  image: busybox
+  restartPolicy: Always
+  command: [sh, -c, 'trap \"echo sidecar-term > /data/term; exit 0\" TERM; while true; do sleep 0.05; done']
+  volumeMounts: [{{name: data, mountPath: /data}}]
+containers:
+- name: main
+  image: busybox
+  command: [sh, -c, 'trap \"\" TERM; while true; do sleep 0.05; done']
+"
+    );
+    let report = run(dirs.config(), &yaml);
+    assert_eq!(report.phase, PodPhase::Failed, "{report:#?}");
+    assert_eq!(container(&report, "main").signal, Some(libc::SIGKILL));
+    assert_eq!(dirs.data("term"), "sidecar-term\n");
+    let sidecar = container(&report, "sidecar");
+    assert_eq!(
+        (sidecar.exit_code, sidecar.signal),
+        (Some(0), None),
+        "{report:#?}"
+    );
+}
+
 #[test]
 fn a_missing_program_fails_the_container_with_a_clear_error() {
     let dirs = Dirs::new();
@@ -775,6 +812,11 @@ fn bad_input_is_one_clear_error_before_anything_starts() {
         (
             "volumes: [{name: s, emptyDir: {}}]\ncontainers: [{name: m, image: busybox, command: ['true'], volumeMounts: [{name: s, mountPath: /x, subPath: ../../etc}]}]",
             "without '..'",
+        ),
+        // The kubelet refuses an unset or empty variable in subPathExpr.
+        (
+            "volumes: [{name: s, emptyDir: {}}]\ncontainers: [{name: m, image: busybox, command: ['true'], env: [{name: EMPTY, value: ''}], volumeMounts: [{name: s, mountPath: /x, subPathExpr: '$(NOPE)/$(EMPTY)/$$(LITERAL)'}]}]",
+            "subPathExpr: missing value for EMPTY, NOPE",
         ),
     ];
     for (yaml, want) in cases {
@@ -1069,9 +1111,13 @@ containers:
   - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
   - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: settings, key: mode}}}}}}
   - {{name: MISSING, valueFrom: {{secretKeyRef: {{name: creds, key: nope, optional: true}}}}}}
+  - {{name: mode, value: env-wins}}
+  - {{name: FROM_ENVFROM, value: '$(S_AWS_KEY)-$(mode)'}}
+  - {{name: EMPTY_VALUE, value: '', valueFrom: {{configMapKeyRef: {{name: settings, key: mode}}}}}}
   envFrom:
   - {{prefix: S_, secretRef: {{name: creds}}}}
-  command: [sh, -c, 'echo \"$PASSWORD $MODE $S_AWS_KEY ${{MISSING-unset}} $(cat /secret/password) $(stat -c %a /secret/password) $(cat /cm/sub/config.yaml)\" > /data/out; touch /secret/x || true']
+  - {{configMapRef: {{name: settings}}}}
+  command: [sh, -c, 'echo \"$PASSWORD $MODE $S_AWS_KEY ${{MISSING-unset}} $(cat /secret/password) $(stat -c %a /secret/password) $(cat /cm/sub/config.yaml)\" > /data/out; echo \"$mode $FROM_ENVFROM $EMPTY_VALUE\" > /data/precedence; touch /secret/x || true']
   volumeMounts:
   - {{name: data, mountPath: /data}}
   - {{name: secret-vol, mountPath: /secret}}
@@ -1095,6 +1141,8 @@ containers:
     });
     assert_eq!(report.phase, PodPhase::Succeeded, "{report:#?}");
     assert_eq!(dirs.data("out"), "s3cret fast ak unset s3cret 400 a: 1\n");
+    // env wins over envFrom and expands against it; an empty value leaves valueFrom to decide.
+    assert_eq!(dirs.data("precedence"), "env-wins ak-env-wins fast\n");
     assert!(dirs.log("main").contains("Read-only file system"));
 }
 

@@ -23,7 +23,7 @@ machine without a kubelet. It must run as root.
 INPUT: a Pod, Job, CronJob (spec.jobTemplate.spec.template.spec), PodTemplate, PodTemplateSpec \
 or bare PodSpec, as JSON or YAML ('-' reads stdin).
 
-ORDER (restartPolicy Never/OnFailure semantics):
+ORDER (restartPolicy Never; OnFailure is run the same way, without restarts):
   1. init containers one at a time; each must exit 0 before the next starts. A failing one fails \
 the pod: nothing after it starts, running sidecars are stopped.
   2. native sidecars (init containers with restartPolicy: Always) are started, the next container \
@@ -32,7 +32,7 @@ restarted after a doubling backoff.
   3. all regular containers start together and are never restarted.
   4. when every regular container has exited, sidecars get SIGTERM one by one in reverse order; \
 whatever still runs terminationGracePeriodSeconds (default 30) after the first SIGTERM gets \
-SIGKILL.
+SIGKILL, except that each sidecar gets at least 2 s after its SIGTERM (the kubelet's minimum).
   5. the pod Succeeded if every regular container exited 0, else Failed.
 
 EACH CONTAINER runs in its own mount namespace (propagation private) on a fresh tmpfs root: \

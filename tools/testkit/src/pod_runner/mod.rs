@@ -12,7 +12,9 @@
 //! 2. all regular containers start together; they are never restarted;
 //! 3. once every regular container has exited, sidecars get SIGTERM one at a time in reverse
 //!    order, each waited for, all within `terminationGracePeriodSeconds` (default 30) of the
-//!    first SIGTERM; whatever still runs then gets SIGKILL;
+//!    first SIGTERM but each with at least the kubelet's minimum of 2 s (so a sidecar gets its
+//!    SIGTERM even after regular containers stopped at a deadline used up the grace period);
+//!    whatever still runs then gets SIGKILL;
 //! 4. the pod Succeeded if every regular container exited 0, else Failed.
 //!
 //! Differences from a kubelet that tests must keep in mind:
@@ -23,7 +25,11 @@
 //! - no network namespace: containers share the host's network, `localhost` included;
 //! - no cgroups (resources are ignored), no `/sys`, probes are ignored (with a warning),
 //!   lifecycle hooks are rejected; a sidecar counts as started when its exec succeeded;
-//! - `OnFailure` does not restart failed containers; `restartPolicy: Always` pods are rejected;
+//! - `OnFailure` does not restart failed containers (a failing init container fails the pod);
+//!   `restartPolicy: Always` pods are rejected;
+//! - only the main process of a container gets `PR_SET_PDEATHSIG`: a runner killed by SIGKILL
+//!   (not by SIGTERM or the end of a test that drops its handle) leaves what the containers
+//!   forked running, where the end of a PID namespace would kill it;
 //! - `fsGroup` and `supplementalGroups` only become supplementary groups (no chown of volumes);
 //!   an emptyDir with `medium: Memory` is a directory like any other;
 //! - needs root, Linux >= 5.12 (pidfd, mount_setattr) and overlayfs.

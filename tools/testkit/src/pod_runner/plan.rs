@@ -507,7 +507,11 @@ fn spec_env(
         if name.is_empty() || name.contains('=') || name.contains('\0') {
             bail!("env name {name:?} is not valid");
         }
-        let value = match (&var.value, &var.value_from) {
+        // As the kubelet: an empty value counts as none, so valueFrom decides.
+        let value = match (
+            var.value.as_deref().filter(|v| !v.is_empty()),
+            &var.value_from,
+        ) {
             (Some(value), _) => expand(value, lookup(&env)),
             (None, None) => String::new(),
             (None, Some(from)) => {
@@ -692,7 +696,27 @@ fn prepare_container(
         let sub_path = match (&m.sub_path, &m.sub_path_expr) {
             (Some(_), Some(_)) => bail!("{what}: subPath and subPathExpr are mutually exclusive"),
             (Some(p), None) => Some(p.clone()),
-            (None, Some(e)) => Some(expand(e, lookup(&env))),
+            (None, Some(e)) => {
+                // As the kubelet (ExpandContainerVolumeMounts): a variable that is not set, or
+                // empty, fails the container instead of naming a directory after itself.
+                let missing = std::cell::RefCell::new(std::collections::BTreeSet::new());
+                let expanded = expand(e, |name| {
+                    let value = lookup(&env)(name).filter(|v| !v.is_empty());
+                    if value.is_none() {
+                        missing.borrow_mut().insert(name.to_owned());
+                    }
+                    Some(value.unwrap_or_default())
+                });
+                let missing = missing.into_inner();
+                if !missing.is_empty() {
+                    let names: Vec<String> = missing.into_iter().collect();
+                    bail!(
+                        "{what}: subPathExpr: missing value for {}",
+                        names.join(", ")
+                    );
+                }
+                Some(expanded)
+            }
             (None, None) => None,
         };
         let mut host_path = volume.path.clone();

@@ -25,6 +25,9 @@ use super::sandbox;
 use super::{ContainerKind, ContainerReport, Echo, PodPhase, PodReport, RunnerConfig};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The least time the kubelet gives a container between SIGTERM and SIGKILL
+/// (`minimumGracePeriodInSeconds`), whatever is left of the pod's grace period.
+const MINIMUM_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for processes to disappear after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long a waiter waits for the log pipes to drain after the process is gone (a process that
@@ -548,15 +551,16 @@ impl Supervisor {
     /// Starts a container's process with its log and waiter threads.
     fn launch(&mut self, index: usize) -> Result<()> {
         let container = &self.pod.containers[index];
-        let spawned = sandbox::spawn(
-            &container.argv,
-            &container.env,
-            Arc::clone(&container.steps),
-        )
-        .and_then(|child| {
-            let pidfd = pidfd_open(child.id());
-            match pidfd {
-                Ok(pidfd) => Ok((child, pidfd)),
+        // Everything that can fail comes before the slot is marked running: a running slot
+        // without a waiter thread would never end.
+        let spawned = open_log(container).and_then(|log| {
+            let child = sandbox::spawn(
+                &container.argv,
+                &container.env,
+                Arc::clone(&container.steps),
+            )?;
+            match pidfd_open(child.id()) {
+                Ok(pidfd) => Ok((child, pidfd, log)),
                 Err(e) => {
                     let mut child = child;
                     let _ = child.kill();
@@ -565,7 +569,7 @@ impl Supervisor {
                 }
             }
         });
-        let (mut child, pidfd) = match spawned {
+        let (mut child, pidfd, log) = match spawned {
             Ok(ok) => ok,
             Err(e) => {
                 let message = format!("{e:#}");
@@ -595,7 +599,6 @@ impl Supervisor {
         self.shared.changed.notify_all();
 
         let (done_tx, done_rx) = mpsc::channel::<()>();
-        let log = open_log(container)?;
         let name = container.name.clone();
         let mut streams = 0;
         if let Some(out) = child.stdout.take() {
@@ -614,10 +617,29 @@ impl Supervisor {
             spawn_log_thread(err, name.clone(), log, self.echo, true, done_tx);
         }
         let events = self.events_tx.clone();
-        std::thread::Builder::new()
+        let pid = child.id() as libc::pid_t;
+        if let Err(e) = std::thread::Builder::new()
             .name(format!("wait-{name}"))
             .spawn(move || waiter(child, index, streams, done_rx, events))
-            .context("cannot start a waiter thread")?;
+        {
+            // The Child went with the closure: end the process here and report it as the
+            // waiter would have, so the slot does not stay running for ever.
+            // SAFETY: kill and waitpid have no memory-safety preconditions; `status` outlives
+            // the call.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+            let _ = self.events_tx.send(Event::Exited {
+                index,
+                status: Err(std::io::Error::other(format!(
+                    "cannot start a waiter thread: {e}"
+                ))),
+                at: now(),
+            });
+        }
         Ok(())
     }
 
@@ -639,9 +661,12 @@ impl Supervisor {
         }
     }
 
-    /// The end of the pod: SIGTERM to regular and init containers still running (only after a
-    /// deadline), then to sidecars one by one in reverse order, all within the grace period;
-    /// SIGKILL to whatever is left.
+    /// The end of the pod, as the kubelet's ordered termination: SIGTERM to regular and init
+    /// containers still running (only after a deadline), SIGKILL to those left at the end of the
+    /// grace period; then SIGTERM to the sidecars one by one in reverse order, each with what is
+    /// left of the grace period but never less than the kubelet's minimum of 2 s (so a sidecar
+    /// always gets its SIGTERM, even after a main container used up the grace period), SIGKILL
+    /// to a sidecar still running after that.
     fn terminate(&mut self) {
         self.terminating = true;
         self.restart_at.iter_mut().for_each(|r| *r = None);
@@ -650,32 +675,50 @@ impl Supervisor {
         let others: Vec<usize> = (0..kinds.len())
             .filter(|i| kinds[*i] != ContainerKind::Sidecar)
             .collect();
-        let mut in_time = true;
         if others.iter().any(|i| self.slot_running(*i)) {
             for &index in &others {
                 self.signal_index(index, libc::SIGTERM);
             }
-            in_time = self
-                .wait_until(Some(grace_end), |s| {
-                    others.iter().any(|i| s.slot_running(*i))
-                })
-                .is_ok();
+            let busy = |s: &Self| others.iter().any(|i| s.slot_running(*i));
+            match self.wait_until(Some(grace_end), busy) {
+                Ok(()) => {}
+                Err(Interrupt::Timeout) => {
+                    for &index in &others {
+                        self.signal_index(index, libc::SIGKILL);
+                    }
+                    if self
+                        .wait_until(Some(Instant::now() + KILL_WAIT), busy)
+                        .is_err()
+                    {
+                        return self.kill_all();
+                    }
+                }
+                Err(_) => return self.kill_all(),
+            }
         }
-        if in_time {
-            for index in (0..kinds.len())
-                .rev()
-                .filter(|i| kinds[*i] == ContainerKind::Sidecar)
-            {
-                if !self.slot_running(index) {
-                    continue;
+        for index in (0..kinds.len())
+            .rev()
+            .filter(|i| kinds[*i] == ContainerKind::Sidecar)
+        {
+            if !self.slot_running(index) {
+                continue;
+            }
+            self.signal_index(index, libc::SIGTERM);
+            let end = grace_end.max(Instant::now() + MINIMUM_GRACE);
+            match self.wait_until(Some(end), |s| s.slot_running(index)) {
+                Ok(()) => {}
+                Err(Interrupt::Timeout) => {
+                    // Its turn ends when it is gone; the next sidecar's starts then.
+                    self.signal_index(index, libc::SIGKILL);
+                    let gone = Instant::now() + KILL_WAIT;
+                    if self
+                        .wait_until(Some(gone), |s| s.slot_running(index))
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
-                self.signal_index(index, libc::SIGTERM);
-                if self
-                    .wait_until(Some(grace_end), |s| s.slot_running(index))
-                    .is_err()
-                {
-                    break;
-                }
+                Err(_) => break,
             }
         }
         self.kill_all();
@@ -750,13 +793,25 @@ fn waiter(
     events: Sender<Event>,
 ) {
     let pid = child.id() as libc::pid_t;
-    let status = child.wait();
     // The container's processes form one process group (setsid in the sandbox); when its main
-    // process is gone, the rest goes too, as it would with a PID namespace.
-    // SAFETY: kill has no memory-safety preconditions.
+    // process is gone, the rest goes too, as it would with a PID namespace. Waited for without
+    // reaping first: until it is reaped the group's id cannot be reused, so the kill cannot
+    // reach another process group.
+    // SAFETY: waitid writes only to `info`, which outlives the call; kill has no memory-safety
+    // preconditions.
     unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        while libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        ) == -1
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
         libc::kill(-pid, libc::SIGKILL);
     }
+    let status = child.wait();
     let drain_end = Instant::now() + LOG_DRAIN;
     for _ in 0..streams {
         let left = drain_end.saturating_duration_since(Instant::now());
