@@ -942,6 +942,21 @@ fn a_misconfigured_sidecar_idles_until_sigterm_and_an_unknown_mode_exits() {
     assert_eq!(r.lines("ERROR").len(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("NOTIFY_MODE"), "{}", r.stderr);
     assert_eq!(rx.connections(), 0);
+
+    // Run by hand (stderr a terminal, given by script(1)): the error, then back to the prompt.
+    let r = run(
+        std::process::Command::new("script").args([
+            "-qec",
+            &format!("NOTIFY_MODE=sidecar {BIN} notify --bogus-flag"),
+            "/dev/null",
+        ]),
+        Duration::from_secs(10),
+    );
+    r.assert_code(0);
+    assert!(
+        r.stdout.contains("ERROR") && r.stdout.contains("--bogus-flag"),
+        "{r:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

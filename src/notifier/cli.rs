@@ -189,8 +189,9 @@ Exit status: always 0. A webhook must never change the Job's outcome, and in con
 non-zero exit would mark the pod failed. Invalid configuration (a bad NOTIFY_KIND, a missing \
 NOTIFY_HOST, a bad NOTIFY_TIMEOUT, ...) is one ERROR line and no send. In sidecar mode the \
 notifier then idles until SIGTERM instead of exiting, because the kubelet would restart it into \
-the same error over and over; in container mode, or when the mode itself is invalid, it exits 0 \
-at once, so it can never hold a Job open.")]
+the same error over and over; in container mode, when the mode itself is invalid, or when \
+stderr is a terminal (a person trying it out), it exits 0 at once, so it can never hold a Job \
+open.")]
 pub struct NotifyArgs {
     /// Where to POST after a successful backup; unset means nothing is sent on success.
     #[arg(long, env = env::SUCCESS_URL, value_name = "URL", hide_env_values = true)]
@@ -465,9 +466,10 @@ fn fallback_mode(args: &[OsString]) -> Option<Mode> {
 }
 
 /// After an invalid configuration: a sidecar idles until SIGTERM (the kubelet restarts a sidecar
-/// that exits, which would only repeat the error); everything else exits 0 at once.
+/// that exits, which would only repeat the error); everything else exits 0 at once, as does a
+/// notifier run by hand (stderr a terminal, which the injected sidecar never has).
 fn config_error_exit(mode: Option<Mode>) -> ExitCode {
-    if mode == Some(Mode::Sidecar) {
+    if mode == Some(Mode::Sidecar) && !std::io::stderr().is_terminal() {
         let idle = runtime().and_then(|rt| {
             rt.block_on(async {
                 let mut signals = TermSignals::install().context("installing signal handlers")?;

@@ -2,9 +2,10 @@
 //! ended.
 //!
 //! The wrapper is usually PID 1 of its container, so it is written like a tiny init: every
-//! signal it handles is blocked and taken synchronously with `sigwait`, which leaves no window in
-//! which a signal could arrive unhandled (PID 1 ignores signals it has no handler for, so an
-//! unhandled SIGTERM would be lost, not fatal) and needs no async runtime. It also reaps orphans
+//! signal it handles is blocked from the first line of `main` and taken synchronously with
+//! `sigwait`, so that no signal arriving after that is unhandled (PID 1 ignores signals it has no
+//! handler for, so an unhandled SIGTERM would be lost, not fatal; only the microseconds of the
+//! loader and Rust's start-up come before), and it needs no async runtime. It also reaps orphans
 //! that the container re-parents to it while the command runs.
 
 use std::ffi::OsString;
