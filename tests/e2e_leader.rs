@@ -134,6 +134,30 @@ async fn exactly_one_replica_reconciles_and_the_other_takes_over() {
         "the follower reconciled"
     );
 
+    // A deleted Lease is no free one: the follower keeps counting the leader's last record, and
+    // the leader writes the Lease again at its next renewal.
+    leases
+        .delete("backup-operator-leader", &Default::default())
+        .await
+        .unwrap();
+    let rewritten = wait_for(
+        "the Lease to be written again",
+        Duration::from_secs(10),
+        holder,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rewritten, leader, "the follower took the deleted Lease");
+    for _ in 0..10 {
+        assert_eq!(
+            metric(&replicas[fi].1, "backup_operator_leader").await,
+            0.0,
+            "the follower led after the Lease was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&replicas[li].1, "backup_operator_leader").await, 1.0);
+
     // Kill the leader without a chance to release the Lease (what a node failure looks like).
     // Its last renewal is at or after this one.
     let renewed_before_kill = lease()

@@ -86,6 +86,13 @@ impl Observer {
         self.last_read = Some(sent);
     }
 
+    /// Whether the record last read names us as the holder.
+    fn names_us(&self, cfg: &LeaseConfig) -> bool {
+        self.seen
+            .as_ref()
+            .is_some_and(|(spec, _)| spec.holder_identity.as_deref() == Some(cfg.identity.as_str()))
+    }
+
     /// When the record last read stops binding us, if another replica holds it.
     fn expiry(&self, cfg: &LeaseConfig) -> Option<Instant> {
         let (spec, since) = self.seen.as_ref()?;
@@ -168,7 +175,9 @@ pub async fn run(
             _ = release.wait_for(|r| *r) => break,
         }
     }
-    if renewed.is_some() {
+    // Also after a step-down at the deadline: the record may still name us, and nothing of the
+    // term runs any more (release_lease writes only a record that names us).
+    if renewed.is_some() || observer.names_us(&cfg) {
         let _ = leading.send(false);
         // Bounded: a replica that cannot release leaves the Lease to expire, as if it had died.
         if tokio::time::timeout(RELEASE_TIMEOUT, release_lease(&api, &cfg))
@@ -213,6 +222,14 @@ async fn try_acquire_or_renew(
         ..Default::default()
     };
     let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        // A deleted Lease (by hand, say) is no free one: the holder last seen may still lead
+        // until its record expires, and writes the Lease again at its next renewal.
+        if observer
+            .expiry(cfg)
+            .is_some_and(|expiry| Instant::now() < expiry)
+        {
+            return Ok(false);
+        }
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(cfg.name.clone()),
@@ -237,7 +254,10 @@ async fn try_acquire_or_renew(
     if !i_hold && !expired {
         return Ok(false);
     }
-    let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!i_hold);
+    let transitions = spec
+        .lease_transitions
+        .unwrap_or(0)
+        .saturating_add(i32::from(!i_hold));
     let acquired = if i_hold {
         spec.acquire_time.clone()
     } else {
@@ -246,6 +266,13 @@ async fn try_acquire_or_renew(
     lease.spec = Some(ours(transitions, acquired));
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(true),
+        // Our own renewal raced another write: a label or annotation by hand, or our previous
+        // renewal that timed out here but was stored. Not a loss: the next attempt reads the
+        // record again, and a real takeover shows there (no follower takes over before our
+        // deadline, which still applies).
+        Err(kube::Error::Api(e)) if e.code == 409 && i_hold => {
+            Err(Attempt::Api(kube::Error::Api(e)))
+        }
         // Someone else wrote first.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
