@@ -284,6 +284,67 @@ fn fields_left_in_the_injectors_entries_are_replaced() {
     assert!(inject::mutate(twice, &cfg).patch.is_empty());
 }
 
+/// Another mutating webhook runs after ours (we are reinvoked, `reinvocationPolicy: IfNeeded`):
+/// a container it puts in front does not move the injection to it (no `notify-container`
+/// annotation: the target was the first container), and a variable it adds to our notifier (an
+/// egress proxy) is kept, so our second call is empty. A `NOTIFY_` variable we no longer set is
+/// still ours, and goes.
+#[test]
+fn another_webhooks_changes_neither_move_nor_undo_the_injection() {
+    let cfg = config(NotifierMode::Sidecar);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let mut once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    let wrapped = pod(&once)["containers"][0]["command"].clone();
+    let p = pod_mut(&mut once);
+    p["containers"].as_array_mut().unwrap().insert(
+        0,
+        json!({"name": "proxy", "image": "proxy", "command": ["proxy"]}),
+    );
+    p["initContainers"][1]["env"]
+        .as_array_mut()
+        .unwrap()
+        .insert(
+            0,
+            json!({"name": "HTTPS_PROXY", "value": "http://proxy:3128"}),
+        );
+    let again = inject::mutate(once.clone(), &cfg);
+    assert!(again.patch.is_empty(), "{:?}", again.patch);
+    assert_eq!(pod(&once)["containers"][1]["command"], wrapped);
+    assert_eq!(pod(&once)["containers"][0]["command"], json!(["proxy"]));
+
+    let mut stale = once.clone();
+    pod_mut(&mut stale)["initContainers"][1]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "NOTIFY_DENY_DESTINATIONS", "value": "hooks.example.com"}));
+    let fixed = apply(&stale, &inject::mutate(stale.clone(), &cfg).patch);
+    let env = env_of(&pod(&fixed)["initContainers"][1]);
+    assert!(!env.contains_key("NOTIFY_DENY_DESTINATIONS"), "{env:?}");
+    assert!(inject::mutate(fixed, &cfg).patch.is_empty());
+}
+
+/// A command that is nothing but the wrapper's words wraps nothing: no injection, a warning.
+#[test]
+fn a_command_of_only_the_wrappers_words_is_not_injected() {
+    let cfg = config(NotifierMode::Sidecar);
+    let cj = cron_job(restic_pod(), default_annotations());
+    let once = apply(&cj, &inject::mutate(cj.clone(), &cfg).patch);
+    let command = pod(&once)["containers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let words = command.len() - 3;
+    let mut bare = cron_job(restic_pod(), default_annotations());
+    pod_mut(&mut bare)["containers"][0]["command"] = json!(command[..words]);
+    let m = inject::mutate(bare, &cfg);
+    assert!(!m.injected(), "{:?}", m.patch);
+    assert!(
+        m.warnings.iter().any(|w| w.contains("has no command")),
+        "{:?}",
+        m.warnings
+    );
+}
+
 /// Moving `notify-container` to another container takes the wrapper and the mount out of the
 /// old one.
 #[test]
@@ -1172,6 +1233,12 @@ proptest! {
             return Ok(());
         }
         let once = apply(&cj, &m.patch);
+        // The target, and only the target, is wrapped, and the status check agrees.
+        for c in pod(&once)["containers"].as_array().unwrap() {
+            let wrapped = c["command"].as_array().is_some_and(|cmd| inject::unwrapped_command(cmd).is_some());
+            prop_assert_eq!(wrapped, c["name"] == target_name, "{}", c);
+        }
+        prop_assert_eq!(inject::inspect(&once), Ok(()));
         let again = inject::mutate(once.clone(), &cfg);
         prop_assert!(again.patch.is_empty(), "second patch not empty: {:?}", again.patch);
         prop_assert_eq!(apply(&once, &again.patch), once.clone());

@@ -356,9 +356,17 @@ fn injection_target(cron_job: &Value) -> Result<String, Option<String>> {
     };
     let target_name = match annotation(cron_job, annotations::NOTIFY_CONTAINER) {
         Some(name) => name,
+        // The container already wrapped first: another webhook may have put a container of its
+        // own in front since, and the injection must not move to it.
         None => containers
             .iter()
-            .find(|c| c["name"] != pod::NOTIFIER_CONTAINER)
+            .filter(|c| c["name"] != pod::NOTIFIER_CONTAINER)
+            .find(|c| c["command"].as_array().is_some_and(|cmd| is_wrapped(cmd)))
+            .or_else(|| {
+                containers
+                    .iter()
+                    .find(|c| c["name"] != pod::NOTIFIER_CONTAINER)
+            })
             .and_then(|c| c["name"].as_str())
             .ok_or_else(|| {
                 Some("backup-operator: the CronJob has no container to wrap; no notification will be sent".to_owned())
@@ -391,7 +399,9 @@ fn injection_target(cron_job: &Value) -> Result<String, Option<String>> {
             pod::MOUNT_PATH
         )));
     }
-    if target["command"].as_array().is_none_or(Vec::is_empty) {
+    // Unwrapped first: the wrapper's words alone would wrap nothing, and every run would fail.
+    let command = target["command"].as_array().map(Vec::as_slice);
+    if command.is_none_or(|c| unwrapped_command(c).unwrap_or(c).is_empty()) {
         return Err(Some(format!(
             "backup-operator: container {target_name:?} has no command, so it cannot be wrapped (the image's entrypoint is unknown at admission); set command to receive notifications. No notification will be sent"
         )));

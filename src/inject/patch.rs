@@ -167,13 +167,15 @@ const DEFAULTED: [&str; 4] = [
     "defaultMode",
 ];
 
-/// [`contains`], and nothing more in `have` than [`DEFAULTED`] fields.
+/// [`contains`], and nothing more in `have` than [`DEFAULTED`] fields, and in an `env` list
+/// the variables of another webhook (see [`env_owned_as`]).
 pub fn is_owned_as(have: &Value, want: &Value) -> bool {
     match (have, want) {
         (Value::Object(h), Value::Object(w)) => {
             h.keys()
                 .all(|k| w.contains_key(k) || DEFAULTED.contains(&k.as_str()))
                 && w.iter().all(|(k, wv)| match h.get(k) {
+                    Some(hv) if k == "env" => env_owned_as(hv, wv),
                     Some(hv) => is_owned_as(hv, wv),
                     None => is_empty(wv),
                 })
@@ -184,6 +186,30 @@ pub fn is_owned_as(have: &Value, want: &Value) -> bool {
         _ => have == want,
     }
 }
+
+/// An injected container's env: exactly ours, in order, among the `NOTIFY_` names (a variable an
+/// earlier injection set and this one does not, say a dropped policy flag's, must go), plus any
+/// other variable, which another mutating webhook added (an egress proxy's `HTTPS_PROXY`):
+/// replacing the container would drop it, for good when that webhook is not reinvoked.
+fn env_owned_as(have: &Value, want: &Value) -> bool {
+    let (Value::Array(h), Value::Array(w)) = (have, want) else {
+        return is_owned_as(have, want);
+    };
+    let name = |v: &Value| v["name"].as_str().map(str::to_owned);
+    let ours: Vec<Option<String>> = w.iter().map(name).collect();
+    let mine: Vec<Value> = h
+        .iter()
+        .filter(|v| {
+            let n = name(v);
+            ours.contains(&n) || n.is_none_or(|n| n.starts_with(ENV_PREFIX))
+        })
+        .cloned()
+        .collect();
+    is_owned_as(&Value::Array(mine), want)
+}
+
+/// The prefix of every variable the notifier reads (`contract::env`).
+const ENV_PREFIX: &str = "NOTIFY_";
 
 fn is_empty(v: &Value) -> bool {
     match v {
