@@ -120,11 +120,12 @@ pub struct CommonSpec {
     /// Resources of the backup container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    // No whitespace: the apiserver refuses it only when a Job creates the pod, so the CronJob
-    // would be stored and every backup would fail to start.
-    /// restic image override: an image reference, without whitespace.
+    // Printable ASCII without spaces, as every image reference is: the apiserver refuses
+    // whitespace only when a Job creates the pod, so the CronJob would be stored and every
+    // backup would fail to start (RE2's \S would still let NBSP and control characters by).
+    /// restic image override: an image reference (printable ASCII, no spaces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[!-~]+$"))]
     pub image: Option<String>,
 }
 

@@ -373,10 +373,14 @@ fn init_logging() {
     let filter = Targets::new()
         .with_default(LevelFilter::INFO)
         .with_target("rustls", LevelFilter::ERROR);
+    // A log line that cannot be written (stderr closed, a terminal refusing a background write)
+    // is dropped: tracing would report it with eprint!, which panics when stderr is what fails,
+    // and the wrapper is PID 1 of the backup container.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .log_internal_errors(false)
         .finish()
         .with(filter)
         .init();
@@ -443,7 +447,8 @@ fn result_arg(args: &[OsString]) -> Option<PathBuf> {
             found = it.next().map(PathBuf::from);
         }
     }
-    found.filter(|p| !p.as_os_str().is_empty())
+    // A flag where FILE should be (`--result --bogus`) is no file name to write to.
+    found.filter(|p| !p.as_os_str().is_empty() && !p.as_os_str().as_bytes().starts_with(b"-"))
 }
 
 /// The mode when the arguments did not parse: `--mode` or NOTIFY_MODE as far as they can be

@@ -54,7 +54,10 @@ pub fn block_signals() -> io::Result<SignalSet> {
 /// Runs `command` and returns the exit code the wrapper should exit with.
 pub fn run(result: &Path, command: &[OsString]) -> u8 {
     let started_at = now_rfc3339();
-    match run_inner(&StepFiles::for_result(result), command) {
+    // Held here, not in run_inner, so that a failure is recorded before the lock goes: a waiter
+    // that saw the lock released first would report a killed wrapper instead of the reason.
+    let mut lock = None;
+    let code = match run_inner(&StepFiles::for_result(result), command, &mut lock) {
         Ok(code) => code,
         Err(e) => {
             let why = format!("{e:#}");
@@ -62,7 +65,9 @@ pub fn run(result: &Path, command: &[OsString]) -> u8 {
             record_wrapper_failure(result, started_at, why);
             EXIT_WRAPPER_ERROR
         }
-    }
+    };
+    drop(lock);
+    code
 }
 
 /// Records that the wrapper itself failed (125), where it gets as far as knowing FILE: a
@@ -82,7 +87,11 @@ pub fn record_wrapper_failure(result: &Path, started_at: String, why: String) {
     );
 }
 
-fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
+fn run_inner(
+    files: &StepFiles,
+    command: &[OsString],
+    lock: &mut Option<LivenessLock>,
+) -> anyhow::Result<u8> {
     let (program, args) = command.split_first().context("no command given after --")?;
 
     // An ignored SIGCHLD, inherited from whatever started the wrapper, makes the kernel reap the
@@ -100,7 +109,7 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     // The backup runs whatever happens to the notifier's files: a notification must never
     // decide whether a backup is made. Without the lock a sidecar notifier decides at SIGTERM,
     // from whatever result there is then.
-    let _lock = LivenessLock::acquire(&files.lock)
+    *lock = LivenessLock::acquire(&files.lock)
         .inspect_err(|e| error!("backup-notifier exec: {e:#}; running the command anyway"))
         .ok();
     // A result left by an earlier run in the same pod (a restarted container) must not be read
@@ -120,25 +129,10 @@ fn run_inner(files: &StepFiles, command: &[OsString]) -> anyhow::Result<u8> {
     // would stay pending forever. std is meant to reset the mask, but does not on every spawn
     // path (seen with posix_spawn under gVisor), so it is done here explicitly; only the mask,
     // which the wrapper changed: inherited dispositions (e.g. nohup's SIG_IGN) pass through.
-    //
-    // In a container with `tty: true` the wrapper's group owns the terminal, and the command,
-    // in a group of its own, would be stopped (SIGTTIN, SIGTTOU) the moment it reads from it or
-    // sets its modes (restic asking for a password): it is handed the terminal, as a shell hands
-    // it to a foreground job. SIGTTOU is blocked meanwhile, because a background group that
-    // calls tcsetpgrp gets it.
-    // SAFETY: sigemptyset, sigaddset, pthread_sigmask, getppid, getpgid, tcgetpgrp and tcsetpgrp
-    // are async-signal-safe system calls, as required between fork and exec, and touch only the
-    // local sets.
+    // SAFETY: sigemptyset and pthread_sigmask are async-signal-safe, as required between fork
+    // and exec, and touch only the local set.
     unsafe {
         cmd.pre_exec(|| {
-            let mut ttou: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut ttou);
-            libc::sigaddset(&mut ttou, libc::SIGTTOU);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
-            let foreground = libc::tcgetpgrp(libc::STDIN_FILENO);
-            if foreground > 0 && foreground == libc::getpgid(libc::getppid()) {
-                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             match libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) {
@@ -220,9 +214,11 @@ fn forward(pid: libc::pid_t, sig: libc::c_int) {
         "backup-notifier exec: forwarding {} to the command",
         signal_name(sig)
     );
-    // A stopped process keeps every signal but SIGKILL pending until it is continued (a
-    // command stopped by SIGTSTP or a debugger): without SIGCONT it would ignore the kubelet's
-    // SIGTERM, die by SIGKILL and leave no result.
+    // A stopped process keeps every signal but SIGKILL pending until it is continued. The
+    // command stops when it reads from a terminal it does not own (a container with `tty: true`,
+    // restic asking for a password): without SIGCONT it would ignore the kubelet's SIGTERM, die
+    // by SIGKILL and leave no result. (It is not handed the terminal: nobody types into a backup
+    // pod, and a wrapper in the background could then be stopped by its own log lines.)
     for sig in [sig, libc::SIGCONT] {
         // SAFETY: kill and getpgid have no memory-safety preconditions. The group (the command's
         // helpers get the signal too), and the command itself when it has left the group (a
