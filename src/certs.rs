@@ -266,8 +266,10 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
 
 /// Writes `ca.crt`, `ca.key`, `tls.crt`, `tls.key` into `dir` (keys mode 0600). All four are
 /// written to temporary files first and renamed only when every one was written, so a failure
-/// (a full disk) leaves an earlier set whole rather than a new CA beside an old key.
-pub fn write_dir(dir: &Path, ca: &PemPair, serving: &PemPair) -> Result<()> {
+/// (a full disk) leaves an earlier set whole rather than a new CA beside an old key. An earlier
+/// set is replaced only with `replace` (its CA and key would be lost), and only when each of
+/// its four entries is a file.
+pub fn write_dir(dir: &Path, ca: &PemPair, serving: &PemPair, replace: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!("{} exists and is not a directory", dir.display());
@@ -279,6 +281,19 @@ pub fn write_dir(dir: &Path, ca: &PemPair, serving: &PemPair) -> Result<()> {
         ("tls.crt", &serving.cert, 0o644),
         ("tls.key", &serving.key, 0o600),
     ];
+    for (name, _, _) in &files {
+        let path = dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if !m.is_file() && !m.is_symlink() => {
+                anyhow::bail!("{} is in the way: it is not a file", path.display())
+            }
+            Ok(_) if !replace => anyhow::bail!(
+                "{} exists: pass --force to replace the whole set (its CA and key are lost)",
+                path.display()
+            ),
+            _ => {}
+        }
+    }
     let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
     let written = files.iter().try_for_each(|(name, body, mode)| {
         let tmp = tmp(name);
@@ -306,7 +321,13 @@ pub fn write_dir(dir: &Path, ca: &PemPair, serving: &PemPair) -> Result<()> {
     }
     for (name, _, _) in &files {
         let path = dir.join(name);
-        std::fs::rename(tmp(name), &path).with_context(|| format!("writing {}", path.display()))?;
+        if let Err(e) = std::fs::rename(tmp(name), &path) {
+            // Keys are not left behind under temporary names.
+            for (name, _, _) in &files {
+                let _ = std::fs::remove_file(tmp(name));
+            }
+            return Err(e).with_context(|| format!("writing {}", path.display()));
+        }
     }
     Ok(())
 }
@@ -329,7 +350,7 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         std::os::unix::fs::symlink(&elsewhere, out.join(".ca.key.tmp")).unwrap();
 
-        write_dir(&out, &ca, &serving).unwrap();
+        write_dir(&out, &ca, &serving, false).unwrap();
         assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
         assert_eq!(std::fs::read_to_string(out.join("ca.key")).unwrap(), ca.key);
         let mode = std::fs::metadata(out.join("ca.key"))
@@ -343,10 +364,29 @@ mod tests {
             "no temporary file left"
         );
 
-        let e = write_dir(&elsewhere, &ca, &serving).unwrap_err();
+        let e = write_dir(&elsewhere, &ca, &serving, false).unwrap_err();
         assert!(
             format!("{e:#}").contains("exists and is not a directory"),
             "{e:#}"
+        );
+
+        // An earlier set stays unless replacing is asked for; an entry that is no file stops
+        // it before anything is written.
+        let other = generate_ca("other", HOUR).unwrap();
+        let e = write_dir(&out, &other, &serving, false).unwrap_err();
+        assert!(format!("{e:#}").contains("pass --force"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(out.join("ca.key")).unwrap(), ca.key);
+        std::fs::remove_file(out.join("tls.crt")).unwrap();
+        std::fs::create_dir(out.join("tls.crt")).unwrap();
+        let e = write_dir(&out, &other, &serving, true).unwrap_err();
+        assert!(format!("{e:#}").contains("not a file"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(out.join("ca.key")).unwrap(), ca.key);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4);
+        std::fs::remove_dir(out.join("tls.crt")).unwrap();
+        write_dir(&out, &other, &serving, true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("ca.key")).unwrap(),
+            other.key
         );
     }
 

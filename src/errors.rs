@@ -19,6 +19,13 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     crate::text::escape_controls(&s)
 }
 
+/// One line on stderr for a command-line user. A stderr that cannot be written (a closed pipe)
+/// loses the line, not the exit status: `eprintln!` would panic there.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
 //! Log setup shared by both binaries: one line per event on stderr, text or JSON.
 
+use std::io::Write;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
@@ -24,6 +26,12 @@ pub struct LogArgs {
 /// a target enabled at TRACE, so `warning` or `verbose` would parse, enable one target nobody
 /// logs under and silence everything else, errors included.
 pub fn parse_filter(s: &str) -> Result<String, String> {
+    // An empty filter enables nothing, errors included (an empty LOG_LEVEL in a manifest).
+    if s.trim().is_empty() {
+        return Err(
+            "is empty, which would silence every log line: give a level such as info".to_owned(),
+        );
+    }
     for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let bare = !directive.contains('=') && !directive.contains('[');
         if bare
@@ -44,11 +52,18 @@ pub fn parse_filter(s: &str) -> Result<String, String> {
 pub fn init(args: &LogArgs) {
     // parse_filter has accepted it; the fallback is for a caller that did not use clap.
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|e| {
-        eprintln!("invalid --log-level {:?} ({e}); using info", args.log_level);
+        let _ = writeln!(
+            std::io::stderr(),
+            "invalid --log-level {:?} ({e}); using info",
+            args.log_level
+        );
         EnvFilter::new("info")
     });
+    // A line that cannot be written (stderr a closed pipe) is dropped: tracing would report it
+    // with eprint!, which panics when stderr is what fails.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {

@@ -287,9 +287,13 @@ async fn signals(stop: watch::Sender<bool>, health: Arc<Health>) {
     tracing::info!("signal received: not ready, draining (a second signal exits at once)");
     health.shutting_down.store(true, Ordering::SeqCst);
     let _ = stop.send(true);
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    let second = tokio::select! {
+        _ = term.recv() => libc::SIGTERM,
+        _ = int.recv() => libc::SIGINT,
+    };
     tracing::warn!("second signal: exiting without waiting for the drain");
-    std::process::exit(130);
+    // 128 + the signal, as a shell reports a process that signal ended.
+    std::process::exit(128 + second);
 }
 
 /// How long the API client waits for the next bytes of a response. kube leaves it unbounded, so

@@ -557,7 +557,10 @@ async fn sigterm_drains_in_flight_requests_closes_idle_connections_and_a_second_
         "must keep draining the stuck request"
     );
     op.signal(libc::SIGTERM);
-    assert_eq!(wait_exit(&mut op.child, Duration::from_secs(3)), Some(130));
+    assert_eq!(
+        wait_exit(&mut op.child, Duration::from_secs(3)),
+        Some(128 + libc::SIGTERM)
+    );
 }
 
 /// A `POST /validate` of `body` whose head and first 10 body bytes are sent, the rest not.

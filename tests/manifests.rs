@@ -154,6 +154,24 @@ fn bad_names_urls_and_bundles_are_refused_in_one_line() {
         "--dns",
         "webhook.example.com",
     ]);
+    // A second run does not replace the CA and its key unless told to.
+    let first_key = std::fs::read_to_string(&ca_key).unwrap();
+    let again = [
+        "cert",
+        "generate",
+        "--out-dir",
+        out_dir,
+        "--dns",
+        "x.example.com",
+    ];
+    let out = Command::new(OPERATOR).args(again).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "replaced without --force");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&ca_key).unwrap(), first_key);
+    operator_ok(&[again.as_slice(), &["--force"]].concat());
+    assert_ne!(std::fs::read_to_string(&ca_key).unwrap(), first_key);
     // A key is never a CA bundle.
     let out = Command::new(OPERATOR)
         .args(["webhooks", "--ca-bundle-file", ca_key.to_str().unwrap()])

@@ -3,7 +3,7 @@
 
 mod notifier_common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
 use backup_operator::notifier::lock::{LockState, probe};
@@ -404,6 +404,21 @@ fn install_copies_itself_atomically_with_mode_0755() {
     );
     r.assert_code(1);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+
+    // A FIFO (or a device such as /dev/null) is never replaced.
+    let fifo = s.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let r = run(notifier().arg("install").arg(&fifo), LIMIT);
+    r.assert_code(1);
+    assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
 }
 
 /// The wrapper blocks the signals it forwards; the command must start with none blocked, or a

@@ -18,6 +18,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// One binary, three jobs: a validating webhook that rejects bad webhook URLs at admission time,
 /// a mutating webhook that injects the notifier into backup CronJobs, and a controller that turns
 /// each VolumeBackup and S3Backup into a restic backup CronJob.
+///
+/// Exit status: 0 on success (for serve: stopped by a signal after draining); 1 with a one-line
+/// error; 2 for invalid arguments; serve also exits 70 when its controller ended before
+/// shutdown (a bug: the pod restarts, visibly) and 128+N on a second signal N during the drain.
 #[derive(Parser)]
 #[command(name = "backup-operator", version, propagate_version = true)]
 struct Cli {
@@ -85,6 +89,10 @@ struct GenerateArgs {
     /// Validity of both certificates, 1s to 876000h.
     #[arg(long, default_value = "8760h", value_parser = serve::parse_validity)]
     valid_for: std::time::Duration,
+    /// Replace a set already in DIR (its CA and key are lost); without it an existing file is
+    /// refused.
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -93,7 +101,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("backup-operator: error: {e:#}");
+            backup_operator::errors::say(format_args!("backup-operator: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -157,8 +165,8 @@ fn run(command: Command) -> Result<()> {
             }
             let ca = certs::generate_ca("backup-operator-ca", a.valid_for)?;
             let serving = certs::issue_serving(&ca, &dns, &a.ips, a.valid_for)?;
-            certs::write_dir(&a.out_dir, &ca, &serving)?;
-            eprintln!(
+            certs::write_dir(&a.out_dir, &ca, &serving, a.force)?;
+            backup_operator::errors::say(format_args!(
                 "wrote ca.crt, ca.key, tls.crt, tls.key to {} (names: {}; IPs: {})",
                 a.out_dir.display(),
                 dns.join(", "),
@@ -167,7 +175,7 @@ fn run(command: Command) -> Result<()> {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            ));
             Ok(())
         }
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()

@@ -128,7 +128,14 @@ pub struct DeliveryArgs {
     /// `notify`, a file that is missing or holds no usable certificate leaves the public roots
     /// alone (a public URL still gets its notification; a TLS failure names the file's
     /// problem); `send` does the same and also names the problem at once.
-    #[arg(long, env = env::CA_FILE, value_name = "PEM")]
+    // Read as any OS string: clap's path parser refuses an empty one, and an empty
+    // NOTIFY_CA_FILE means none, as an empty URL or host variable does.
+    #[arg(
+        long,
+        env = env::CA_FILE,
+        value_name = "PEM",
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
     pub ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -429,7 +436,9 @@ fn usage_error(e: clap::Error, args: &[OsString]) -> ExitCode {
             ExitCode::from(EXIT_WRAPPER_ERROR)
         }
         _ => {
-            eprintln!("backup-notifier: {line} (see backup-notifier --help)");
+            crate::errors::say(format_args!(
+                "backup-notifier: {line} (see backup-notifier --help)"
+            ));
             ExitCode::from(2)
         }
     }
@@ -532,28 +541,30 @@ fn send_main(args: &SendArgs) -> ExitCode {
     let url = match args.url.clone().or_else(|| std::env::var(var).ok()) {
         Some(u) if !u.is_empty() => u,
         _ => {
-            eprintln!("backup-notifier send: no URL: pass --url or set {var}");
+            crate::errors::say(format_args!(
+                "backup-notifier send: no URL: pass --url or set {var}"
+            ));
             return ExitCode::from(2);
         }
     };
     let client = match args.delivery.client() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("backup-notifier send: {e:#}");
+            crate::errors::say(format_args!("backup-notifier send: {e:#}"));
             return ExitCode::from(2);
         }
     };
     // Named now for the human checking a setup, but not fatal: a real notification goes on with
     // the public roots (a namespace without the optional CA ConfigMap), and so does this one.
     if let Err(e) = client.trust().check() {
-        eprintln!(
+        crate::errors::say(format_args!(
             "backup-notifier send: warning: {e:#}; sending with the bundled public roots only, as a real notification would"
-        );
+        ));
     }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("backup-notifier send: {e:#}");
+            crate::errors::say(format_args!("backup-notifier send: {e:#}"));
             return ExitCode::from(2);
         }
     };

@@ -22,6 +22,17 @@ pub fn install(dest: &Path) -> anyhow::Result<PathBuf> {
     } else {
         dest.to_path_buf()
     };
+    // Only a file (or a link, which the rename replaces) is replaced: never a device such as
+    // /dev/null, a FIFO or a directory in the way.
+    if let Ok(meta) = fs::symlink_metadata(&dest)
+        && !meta.is_file()
+        && !meta.is_symlink()
+    {
+        anyhow::bail!(
+            "installing to {}: it exists and is not a regular file",
+            dest.display()
+        );
+    }
     let tmp = temp_sibling(&dest);
     let copied = copy_self(&tmp);
     let copied = copied.and_then(|()| {

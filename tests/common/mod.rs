@@ -34,7 +34,7 @@ pub fn dev_certs(dir: &Path) -> (PemPair, PathBuf, PathBuf) {
         Duration::from_secs(3600),
     )
     .unwrap();
-    certs::write_dir(dir, &ca, &serving).unwrap();
+    certs::write_dir(dir, &ca, &serving, true).unwrap();
     (ca, dir.join("tls.crt"), dir.join("tls.key"))
 }
 
