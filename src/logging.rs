@@ -92,6 +92,8 @@ mod tests {
             ("warning", "\"warning\" is not a log level"),
             ("info,verbose", "\"verbose\" is not a log level"),
             ("backup_operator=loud", "is not a log filter"),
+            ("", "would silence every log line"),
+            (" ", "would silence every log line"),
         ] {
             let e = parse_filter(bad).unwrap_err();
             assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");
