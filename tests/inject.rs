@@ -338,6 +338,8 @@ fn a_command_of_only_the_wrappers_words_is_not_injected() {
     pod_mut(&mut bare)["containers"][0]["command"] = json!(command[..words]);
     let m = inject::mutate(bare, &cfg);
     assert!(!m.injected(), "{:?}", m.patch);
+    // Left as written: unwrapped, it would run the image's entrypoint instead.
+    assert!(m.patch.is_empty(), "{:?}", m.patch);
     assert!(
         m.warnings.iter().any(|w| w.contains("has no command")),
         "{:?}",

@@ -324,7 +324,8 @@ impl Reconciled for S3Backup {
 /// while the webhook is up, but it fails open: a re-apply during an outage would unwrap the
 /// backup command of a CronJob that was right, and a backup run then would report failure for
 /// nothing. The template hash catches what `desired` dropped (a removed time zone or URL), which
-/// the containment check, tolerant of the apiserver's defaults, cannot see.
+/// the containment check, tolerant of the apiserver's defaults and of what other mutating
+/// webhooks add, cannot see.
 fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfig) -> bool {
     let hash = |cj: &CronJob| cj.annotations().get(labels::TEMPLATE_HASH).cloned();
     if hash(desired).is_none() || hash(stored) != hash(desired) {
@@ -336,7 +337,7 @@ fn already_applied(stored: &CronJob, desired: &CronJob, injector: &InjectorConfi
     };
     inject::mutate(desired, injector)
         .object
-        .is_some_and(|expected| inject::patch::contains(&stored, &expected))
+        .is_some_and(|expected| inject::patch::contains_by_name(&stored, &expected))
 }
 
 /// What the controller applies for `desired`. Where the admission webhooks never look (an
@@ -1369,6 +1370,36 @@ mod tests {
         assert!(!already_applied(&changed, &desired, &injector));
         let (plain, desired, injector) = stored_and_desired(false);
         assert!(!already_applied(&plain, &desired, &injector));
+    }
+
+    /// What another mutating webhook adds (a container in front, a variable in the notifier)
+    /// would survive a re-apply (server-side apply merges those lists by name), so it is no
+    /// reason for one; a changed command still is.
+    #[test]
+    fn another_webhooks_additions_do_not_call_for_a_re_apply() {
+        let (injected, desired, injector) = stored_and_desired(true);
+        let mut value = serde_json::to_value(&injected).unwrap();
+        let pod = &mut value["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        pod["containers"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, serde_json::json!({"name": "proxy", "image": "proxy"}));
+        let notifier = pod["initContainers"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["name"] == "notifier")
+            .unwrap();
+        notifier["env"].as_array_mut().unwrap().insert(
+            0,
+            serde_json::json!({"name": "HTTPS_PROXY", "value": "http://proxy:3128"}),
+        );
+        let stored: CronJob = serde_json::from_value(value.clone()).unwrap();
+        assert!(already_applied(&stored, &desired, &injector));
+        value["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][1]["command"][0] =
+            serde_json::json!("tampered");
+        let stored: CronJob = serde_json::from_value(value).unwrap();
+        assert!(!already_applied(&stored, &desired, &injector));
     }
 
     /// Where no webhook acts the controller applies what the webhook would have made, so the

@@ -688,7 +688,12 @@ fn remove_injection(b: &mut PatchBuilder) {
     let containers = b.get(&list_path("containers")).and_then(Value::as_array);
     for (i, c) in containers.into_iter().flatten().enumerate() {
         let base = element("containers", i);
-        if c["command"].as_array().is_some_and(|c| is_wrapped(c)) {
+        // A command of the wrapper's words alone stays as written: unwrapping would leave none,
+        // and the container would silently run its image's entrypoint instead.
+        if c["command"]
+            .as_array()
+            .is_some_and(|c| unwrapped_command(c).is_some_and(|inner| !inner.is_empty()))
+        {
             let mut p = base.clone();
             p.push_back("command");
             unwrap.push(p);

@@ -158,6 +158,32 @@ pub fn contains(have: &Value, want: &Value) -> bool {
     }
 }
 
+/// [`contains`], except that a list of named entries (containers, env, volumes) holds `want`'s
+/// when each of them is contained in an entry of the same name, whatever else the list holds:
+/// server-side apply merges such lists by key, so entries another mutating webhook added (an
+/// egress proxy's variable, a container of its own) would survive a re-apply, which would change
+/// nothing. The controller uses it to tell whether a stored CronJob needs applying again.
+pub fn contains_by_name(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
+            Some(hv) => contains_by_name(hv, wv),
+            None => is_empty(wv),
+        }),
+        (Value::Array(h), Value::Array(w)) => {
+            let name = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_owned);
+            if !w.is_empty() && w.iter().all(|wv| name(wv).is_some()) {
+                w.iter().all(|wv| {
+                    h.iter()
+                        .any(|hv| name(hv) == name(wv) && contains_by_name(hv, wv))
+                })
+            } else {
+                h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains_by_name(hv, wv))
+            }
+        }
+        _ => have == want,
+    }
+}
+
 /// The fields the apiserver sets on the injector's entries when they are absent: a
 /// container's termination message and pull policy, a ConfigMap volume's mode.
 const DEFAULTED: [&str; 4] = [
