@@ -22,6 +22,20 @@ fn repo(p: &str) -> String {
     format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Copies `from` (a path in the repository) to the same path under `dir`.
+fn copy_from_repo(dir: &std::path::Path, from: &str) {
+    let out = std::process::Command::new("cp")
+        .args(["-r", &repo(from)])
+        .arg(dir.join(from))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Objects of `yaml` (a stream) whose API the control plane serves.
 fn served_only(cp: &ControlPlane, yaml: &str) -> (String, Vec<String>) {
     let kinds = kubectl_ok(cp, &["api-resources", "--no-headers"]);
@@ -518,21 +532,9 @@ async fn install_dry_runs_and_the_operator_works_with_only_its_rbac() {
 fn set_image_points_the_operator_and_the_notifier_at_one_image() {
     let cp = ControlPlane::shared();
     let dir = tempfile::tempdir().unwrap();
-    let copy = |from: &str| {
-        let out = std::process::Command::new("cp")
-            .args(["-r", &repo(from)])
-            .arg(dir.path().join(from))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     std::fs::create_dir(dir.path().join("tools")).unwrap();
-    copy("manifests");
-    copy("tools/set-image");
+    copy_from_repo(dir.path(), "manifests");
+    copy_from_repo(dir.path(), "tools/set-image");
     let set_image = |image: &str| {
         std::process::Command::new(dir.path().join("tools/set-image"))
             .arg(image)
@@ -600,16 +602,7 @@ fn set_image_points_the_operator_and_the_notifier_at_one_image() {
 fn cert_manager_overlay_keeps_the_flags_added_to_the_base_deployment() {
     let cp = ControlPlane::shared();
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("cp")
-        .args(["-r", &repo("manifests")])
-        .arg(dir.path().join("manifests"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    copy_from_repo(dir.path(), "manifests");
     let deployment = dir.path().join("manifests/install/deployment.yaml");
     let base = std::fs::read_to_string(&deployment).unwrap();
     let commented = "# - --notifier-ca-configmap=notification-relay-ca";

@@ -146,16 +146,7 @@ fn index(token: &str) -> Option<usize> {
 /// stored, are left out of what the controller applies instead. `false` and `0` must be there
 /// too: on a pointer field their absence means something else.
 pub fn contains(have: &Value, want: &Value) -> bool {
-    match (have, want) {
-        (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
-            Some(hv) => contains(hv, wv),
-            None => is_empty(wv),
-        }),
-        (Value::Array(h), Value::Array(w)) => {
-            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv))
-        }
-        _ => have == want,
-    }
+    contains_as(have, want, Lists::ByPosition)
 }
 
 /// [`contains`], except that a list of named entries (containers, env, volumes) holds `want`'s
@@ -164,20 +155,32 @@ pub fn contains(have: &Value, want: &Value) -> bool {
 /// egress proxy's variable, a container of its own) would survive a re-apply, which would change
 /// nothing. The controller uses it to tell whether a stored CronJob needs applying again.
 pub fn contains_by_name(have: &Value, want: &Value) -> bool {
+    contains_as(have, want, Lists::ByName)
+}
+
+/// How [`contains_as`] pairs the entries of two lists.
+#[derive(Clone, Copy, PartialEq)]
+enum Lists {
+    ByPosition,
+    /// Lists whose entries all have a `name`; others still by position.
+    ByName,
+}
+
+fn contains_as(have: &Value, want: &Value, lists: Lists) -> bool {
     match (have, want) {
         (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
-            Some(hv) => contains_by_name(hv, wv),
+            Some(hv) => contains_as(hv, wv, lists),
             None => is_empty(wv),
         }),
         (Value::Array(h), Value::Array(w)) => {
             let name = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_owned);
-            if !w.is_empty() && w.iter().all(|wv| name(wv).is_some()) {
+            if lists == Lists::ByName && !w.is_empty() && w.iter().all(|wv| name(wv).is_some()) {
                 w.iter().all(|wv| {
                     h.iter()
-                        .any(|hv| name(hv) == name(wv) && contains_by_name(hv, wv))
+                        .any(|hv| name(hv) == name(wv) && contains_as(hv, wv, lists))
                 })
             } else {
-                h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains_by_name(hv, wv))
+                h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains_as(hv, wv, lists))
             }
         }
         _ => have == want,
